@@ -1,0 +1,177 @@
+//! The command line. Flag names are the interface the Nix module and the
+//! tests use.
+
+use camino::Utf8PathBuf;
+use clap::{Args, Parser, Subcommand};
+
+use crate::compress::InitrdCompression;
+use crate::initrd::FileSpec;
+use crate::squashfs::SquashfsCompression;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mkkexec",
+    version,
+    about = "Turn a NixOS closure into a kexec-bootable kernel + initrd + script",
+    long_about = "mkkexec builds what `kexec` needs to boot a NixOS system from a running Linux: \
+a squashfs of the Nix store, an initrd that carries it after NixOS' stage 1, the kexec-boot \
+script and a tarball for hosts without Nix.\n\n\
+The closure is read from a closureInfo directory, a registration file \
+(nix-path-registration) or the structured-attrs JSON of exportReferencesGraph.",
+    after_help = "Example:\n  mkkexec tree --closure .attrs.json --toplevel /nix/store/…-nixos-system-x \\\n    \
+--kernel /nix/store/…-linux/bzImage --prepend-initrd /nix/store/…-initrd/initrd --output kexec-tree"
+)]
+pub struct Cli {
+    /// No progress or summary on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Threads for compression (0: one per core).
+    #[arg(short, long, global = true, default_value_t = 0)]
+    pub jobs: u32,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct ClosureArgs {
+    /// The closure: a closureInfo output, a registration file, or a structured-attrs JSON file.
+    #[arg(long)]
+    pub closure: Utf8PathBuf,
+    /// In a structured-attrs JSON, the key of `exportReferencesGraph.<key>`.
+    #[arg(long, default_value = "closure")]
+    pub closure_attr: String,
+    /// Read store paths below this directory (a chroot store); `/` is the real store.
+    #[arg(long, default_value = "/")]
+    pub root: Utf8PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SquashfsArgs {
+    /// Block compression of the store image.
+    #[arg(long = "squashfs-compression", value_enum, default_value_t = SquashfsCompression::Zstd)]
+    pub compression: SquashfsCompression,
+    /// Compression level (zstd 1-22, default 19; xz 0-9, default 6; gzip 1-9, default 9).
+    #[arg(long = "squashfs-level")]
+    pub level: Option<u32>,
+    /// Squashfs block size in bytes: a power of two from 4096 to 1048576.
+    #[arg(long, default_value_t = crate::squashfs::DEFAULT_BLOCK_SIZE)]
+    pub block_size: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct InitrdArgs {
+    /// Compression of the appended cpio (the kernel reads zstd, gzip, xz with CRC32, or none).
+    #[arg(long = "initrd-compression", value_enum, default_value_t = InitrdCompression::Zstd)]
+    pub compression: InitrdCompression,
+    /// Compression level (zstd 1-22, default 19; gzip 1-9, default 9; xz 0-9, default 6).
+    #[arg(long = "initrd-level")]
+    pub level: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pack a closure into a squashfs image as nixpkgs' make-squashfs.nix lays it out.
+    #[command(after_help = "Example:\n  mkkexec squashfs --closure /nix/store/…-closure-info --output store.squashfs")]
+    Squashfs {
+        #[command(flatten)]
+        closure: ClosureArgs,
+        /// The image to write.
+        #[arg(long, short)]
+        output: Utf8PathBuf,
+        /// Block compression.
+        #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
+        compression: SquashfsCompression,
+        /// Compression level (zstd 1-22, default 19; xz 0-9, default 6; gzip 1-9, default 9).
+        #[arg(long)]
+        level: Option<u32>,
+        /// Block size in bytes: a power of two from 4096 to 1048576.
+        #[arg(long, default_value_t = crate::squashfs::DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+    },
+    /// Write a compressed newc cpio of files, after prepended initrds.
+    #[command(after_help = "Example:\n  mkkexec initrd --prepend stage1/initrd --file store.squashfs:/nix-store.squashfs \\\n    --output initrd.gz")]
+    Initrd {
+        /// The initrd to write.
+        #[arg(long, short)]
+        output: Utf8PathBuf,
+        /// An initrd to put first, byte for byte (repeatable, in order).
+        #[arg(long)]
+        prepend: Vec<Utf8PathBuf>,
+        /// SRC:DEST, a file to add at DEST (repeatable; parent directories are created).
+        #[arg(long = "file")]
+        files: Vec<FileSpec>,
+        /// Compression (the kernel reads zstd, gzip, xz with CRC32, or none).
+        #[arg(long, value_enum, default_value_t = InitrdCompression::Zstd)]
+        compression: InitrdCompression,
+        /// Compression level (zstd 1-22, default 19; gzip 1-9, default 9; xz 0-9, default 6).
+        #[arg(long)]
+        level: Option<u32>,
+    },
+    /// Build the whole kexec tree: bzImage, initrd.gz, kexec-boot, netboot.ipxe.
+    #[command(after_help = "Example:\n  mkkexec tree --closure .attrs.json --toplevel /nix/store/…-nixos-system-x \\\n    \
+--kernel …/bzImage --prepend-initrd …/initrd --kernel-param console=ttyS0 --output tree")]
+    Tree {
+        #[command(flatten)]
+        closure: ClosureArgs,
+        /// The system's toplevel store path; the script boots its `init`.
+        #[arg(long)]
+        toplevel: String,
+        /// The kernel image to boot (bzImage on x86_64, Image on aarch64).
+        #[arg(long)]
+        kernel: Utf8PathBuf,
+        /// NixOS' stage-1 initrd, put before the store (repeatable).
+        #[arg(long = "prepend-initrd")]
+        prepend_initrd: Vec<Utf8PathBuf>,
+        /// A kernel parameter added after `init=` (repeatable).
+        #[arg(long = "kernel-param", allow_hyphen_values = true)]
+        kernel_params: Vec<String>,
+        /// The directory to create.
+        #[arg(long, short)]
+        output: Utf8PathBuf,
+        #[command(flatten)]
+        squashfs: SquashfsArgs,
+        #[command(flatten)]
+        initrd: InitrdArgs,
+    },
+    /// Render kexec-boot (or netboot.ipxe) for an existing initrd.
+    #[command(after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --initrd tree/initrd.gz \\\n    --output tree/kexec-boot")]
+    Script {
+        /// The system's toplevel store path.
+        #[arg(long)]
+        toplevel: String,
+        /// The initrd the script will load (read to size the memory check).
+        #[arg(long)]
+        initrd: Utf8PathBuf,
+        /// A kernel parameter added after `init=` (repeatable).
+        #[arg(long = "kernel-param", allow_hyphen_values = true)]
+        kernel_params: Vec<String>,
+        /// Write netboot.ipxe instead of kexec-boot.
+        #[arg(long)]
+        ipxe: bool,
+        /// The script to write.
+        #[arg(long, short)]
+        output: Utf8PathBuf,
+    },
+    /// Pack a kexec tree into a tar.gz to unpack at `/`: /nixos-kexec/bin/nixos-kexec.
+    #[command(after_help = "Example:\n  mkkexec tarball --tree tree --kexec /nix/store/…-kexec-tools-static/bin/kexec \\\n    --output nixos-system-x86_64-linux.tar.gz")]
+    Tarball {
+        /// The kexec tree (from `mkkexec tree`).
+        #[arg(long)]
+        tree: Utf8PathBuf,
+        /// A static kexec binary to bundle, so the host needs only a shell.
+        #[arg(long)]
+        kexec: Option<Utf8PathBuf>,
+        /// gzip level, 1-9.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+        level: u32,
+        /// The tarball to write.
+        #[arg(long, short)]
+        output: Utf8PathBuf,
+    },
+    /// Say what an initrd or squashfs image holds.
+    #[command(after_help = "Example:\n  mkkexec inspect result/initrd.gz")]
+    Inspect {
+        /// An initrd (possibly concatenated) or a squashfs image.
+        file: Utf8PathBuf,
+    },
+}

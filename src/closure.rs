@@ -1,0 +1,210 @@
+//! The closure to pack: read from any of the forms Nix and nixpkgs produce,
+//! checked to be closed and present on disk.
+//!
+//! Accepted inputs (detected from what the path is):
+//! - a nixpkgs `closureInfo` output directory: its `registration` file;
+//! - a registration file ([`crate::registration`]);
+//! - the structured-attrs JSON Nix gives a builder (`.attrs.json`,
+//!   `$NIX_ATTRS_JSON_FILE`), whose `exportReferencesGraph.<attr>` list holds
+//!   `{path, narHash, narSize, references, …}` objects.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Deserialize;
+
+use crate::hash::NixHash;
+use crate::registration::{self, PathInfo, Registration};
+use crate::store_path::StorePath;
+
+/// A closed set of store paths, sorted by path.
+#[derive(Debug, Clone)]
+pub struct Closure {
+    pub paths: Vec<PathInfo>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonPathInfo {
+    path: String,
+    nar_hash: String,
+    nar_size: u64,
+    #[serde(default)]
+    references: Vec<String>,
+    #[serde(default)]
+    deriver: Option<String>,
+}
+
+impl Closure {
+    /// Read the closure at `input`; `attr` names the JSON key of the
+    /// `exportReferencesGraph` entry.
+    pub fn load(input: &Utf8Path, attr: &str) -> Result<Self> {
+        let file: Utf8PathBuf = if input.is_dir() {
+            let reg = input.join("registration");
+            if !reg.is_file() {
+                bail!(
+                    "{input} is a directory without a `registration` file; pass a closureInfo \
+                     output, a registration file or a structured-attrs JSON file"
+                );
+            }
+            reg
+        } else {
+            input.to_owned()
+        };
+        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read closure {file}"))?;
+        let paths = if text.trim_start().starts_with('{') {
+            Self::from_json(&text, attr).with_context(|| format!("in structured-attrs JSON {file}"))?
+        } else {
+            registration::parse(&text).with_context(|| format!("in registration {file}"))?
+        };
+        Self::new(paths).with_context(|| format!("in closure {file}"))
+    }
+
+    fn from_json(text: &str, attr: &str) -> Result<Vec<PathInfo>> {
+        let mut top: BTreeMap<String, serde_json::Value> = serde_json::from_str(text)?;
+        let list = top.remove(attr).with_context(|| {
+            let keys: Vec<&str> = top.keys().map(String::as_str).collect();
+            format!(
+                "no key {attr:?} (keys: {}); set --closure-attr to the name used in \
+                 `exportReferencesGraph.<name>`",
+                keys.join(", ")
+            )
+        })?;
+        let list: Vec<JsonPathInfo> =
+            serde_json::from_value(list).with_context(|| format!("key {attr:?} is not a list of path infos"))?;
+        list.into_iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let ctx = || format!("entry {i} of {attr:?} ({})", j.path);
+                Ok(PathInfo {
+                    path: StorePath::from_absolute_path(&j.path).with_context(ctx)?,
+                    nar_hash: NixHash::parse(&j.nar_hash).with_context(ctx)?,
+                    nar_size: j.nar_size,
+                    deriver: match j.deriver.as_deref() {
+                        None | Some("") => None,
+                        Some(d) => Some(StorePath::from_absolute_path(d).with_context(ctx)?),
+                    },
+                    references: j
+                        .references
+                        .iter()
+                        .map(|r| StorePath::from_absolute_path(r))
+                        .collect::<Result<_, _>>()
+                        .with_context(ctx)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sort, and check that every path appears once and every reference is
+    /// in the closure.
+    pub fn new(mut paths: Vec<PathInfo>) -> Result<Self> {
+        if paths.is_empty() {
+            bail!("the closure is empty: it must list at least the system's toplevel");
+        }
+        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        for info in &mut paths {
+            info.references.sort();
+            info.references.dedup();
+        }
+        for w in paths.windows(2) {
+            if w[0].path == w[1].path {
+                bail!("{} is listed twice", w[0].path);
+            }
+        }
+        for info in &paths {
+            for r in &info.references {
+                if paths.binary_search_by(|p| p.path.cmp(r)).is_err() {
+                    bail!(
+                        "the closure is not closed: {} refers to {r}, which is not listed; \
+                         build the closure with exportReferencesGraph or closureInfo of the roots",
+                        info.path
+                    );
+                }
+            }
+        }
+        Ok(Closure { paths })
+    }
+
+    /// Check that every path exists below `root` (`/` for the real store).
+    pub fn check_present(&self, root: &Utf8Path) -> Result<()> {
+        for info in &self.paths {
+            let on_disk = self.source(root, &info.path);
+            std::fs::symlink_metadata(&on_disk).with_context(|| {
+                format!("{} is in the closure but {on_disk} cannot be read", info.path)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Where a store path lies on disk when the store sits below `root`.
+    pub fn source(&self, root: &Utf8Path, path: &StorePath) -> Utf8PathBuf {
+        root.join(path.to_absolute_path().trim_start_matches('/'))
+    }
+
+    /// The closure as `nix-store --load-db` reads it, sorted.
+    pub fn registration(&self) -> String {
+        Registration(&self.paths).to_string()
+    }
+
+    /// Total NAR size: close to the bytes the store holds.
+    pub fn nar_size(&self) -> u64 {
+        self.paths.iter().map(|p| p.nar_size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-a";
+    const B: &str = "/nix/store/1b9p07z77phvv2hf6gm9f28syp39f1ag-b";
+    const H: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+    const SRI: &str = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+    fn json(refs_of_b: &str) -> String {
+        format!(
+            r#"{{"closure": [
+              {{"path": "{B}", "narHash": "{SRI}", "narSize": 2, "closureSize": 3, "references": [{refs_of_b}]}},
+              {{"path": "{A}", "narHash": "{H}", "narSize": 1, "references": []}}
+            ], "outputs": {{"out": "/nix/store/x"}}}}"#
+        )
+    }
+
+    #[test]
+    fn json_and_registration_agree() {
+        let from_json = Closure::new(Closure::from_json(&json(&format!("\"{A}\"")), "closure").expect("json"))
+            .expect("closed");
+        let text = from_json.registration();
+        assert_eq!(text, format!("{A}\n{H}\n1\n\n0\n{B}\n{H}\n2\n\n1\n{A}\n"));
+        let from_reg = Closure::new(registration::parse(&text).expect("parse")).expect("closed");
+        assert_eq!(from_reg.paths, from_json.paths);
+    }
+
+    #[test]
+    fn json_missing_attr_names_keys() {
+        let e = Closure::from_json(&json(""), "nope").expect_err("no such key");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("closure, outputs") && msg.contains("--closure-attr"), "{msg}");
+    }
+
+    #[test]
+    fn not_closed() {
+        let c = Closure::from_json(&json(&format!("\"{A}\", \"{}\"", B.replace("-b", "-c"))), "closure")
+            .expect("json");
+        let e = Closure::new(c).expect_err("c is missing");
+        assert!(e.to_string().contains("not closed"), "{e}");
+    }
+
+    #[test]
+    fn duplicate() {
+        let mut c = Closure::from_json(&json(""), "closure").expect("json");
+        c.push(c[0].clone());
+        assert!(Closure::new(c).expect_err("dup").to_string().contains("listed twice"));
+    }
+
+    #[test]
+    fn empty() {
+        assert!(Closure::new(vec![]).is_err());
+    }
+}

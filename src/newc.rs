@@ -1,0 +1,146 @@
+//! A writer for the "newc" cpio format that the Linux kernel unpacks as an
+//! initramfs (`Documentation/driver-api/early-userspace/buffer-format.rst`).
+//!
+//! Each entry: a 110-byte ASCII header (`070701` then 13 fields of 8 hex
+//! digits), the name with its NUL, zero padding to 4 bytes, the data, zero
+//! padding to 4 bytes. The archive ends with an entry named `TRAILER!!!`.
+//!
+//! Written here rather than with the `cpio` crate (which `inspect` and the
+//! tests use for reading) because its writer takes `u32` sizes without
+//! checking and returns `Ok` on a short write, leaving a corrupt archive.
+//! [`NewcWriter::finish`] consumes the writer so the trailer cannot be
+//! forgotten.
+
+use std::io::{self, Read, Write};
+
+use anyhow::{Context, Result, bail};
+
+const MAGIC: &[u8] = b"070701";
+const TRAILER: &str = "TRAILER!!!";
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+/// Fixed modification time, as Nix gives store paths.
+pub const MTIME: u32 = 1;
+
+pub struct NewcWriter<W: Write> {
+    w: W,
+    offset: u64,
+    next_ino: u32,
+}
+
+impl<W: Write> NewcWriter<W> {
+    pub fn new(w: W) -> Self {
+        NewcWriter { w, offset: 0, next_ino: 1 }
+    }
+
+    fn pad(&mut self) -> io::Result<()> {
+        let n = (4 - (self.offset % 4) as usize) % 4;
+        self.write_raw(&[0u8; 3][..n])
+    }
+
+    fn write_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        self.w.write_all(b)?;
+        self.offset += b.len() as u64;
+        Ok(())
+    }
+
+    fn header(&mut self, name: &str, mode: u32, nlink: u32, size: u64) -> Result<()> {
+        let size: u32 = size
+            .try_into()
+            .ok()
+            .with_context(|| format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB"))?;
+        if name.is_empty() || name.contains('\0') {
+            bail!("invalid cpio entry name {name:?}");
+        }
+        let ino = if name == TRAILER { 0 } else { self.next_ino };
+        self.next_ino += 1;
+        let fields = [ino, mode, 0, 0, nlink, MTIME, size, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        let mut h = Vec::with_capacity(110 + name.len() + 4);
+        h.extend_from_slice(MAGIC);
+        for f in fields {
+            h.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        h.extend_from_slice(name.as_bytes());
+        h.push(0);
+        self.write_raw(&h)?;
+        self.pad()?;
+        Ok(())
+    }
+
+    /// A directory; `name` has no leading `/` (e.g. `nix/store`).
+    pub fn dir(&mut self, name: &str, perm: u32) -> Result<()> {
+        self.header(name, S_IFDIR | (perm & 0o7777), 2, 0)
+    }
+
+    /// A regular file of exactly `size` bytes read from `data`.
+    pub fn file(&mut self, name: &str, perm: u32, size: u64, data: impl Read) -> Result<()> {
+        self.header(name, S_IFREG | (perm & 0o7777), 1, size)?;
+        let copied = io::copy(&mut data.take(size), &mut self.w)?;
+        if copied != size {
+            bail!("{name} shrank while it was being archived ({copied} of {size} bytes)");
+        }
+        self.offset += size;
+        self.pad()?;
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str) -> Result<()> {
+        self.header(name, S_IFLNK | 0o777, 1, target.len() as u64)?;
+        self.write_raw(target.as_bytes())?;
+        self.pad()?;
+        Ok(())
+    }
+
+    /// Write the trailer and give back the inner writer.
+    pub fn finish(mut self) -> Result<W> {
+        self.header(TRAILER, 0, 1, 0)?;
+        Ok(self.w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let mut w = NewcWriter::new(Vec::new());
+        w.dir("a", 0o755).expect("dir");
+        w.file("a/f", 0o644, 5, &b"hello"[..]).expect("file");
+        w.symlink("a/l", "f").expect("symlink");
+        let out = w.finish().expect("finish");
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.starts_with(b"070701"));
+        // Every header starts 4-aligned.
+        let text = String::from_utf8_lossy(&out);
+        for (i, _) in text.match_indices("070701") {
+            assert_eq!(i % 4, 0);
+        }
+        // The standard reader agrees.
+        let mut r = &out[..];
+        let mut names = vec![];
+        loop {
+            let e = cpio::NewcReader::new(r).expect("entry");
+            if e.entry().is_trailer() {
+                break;
+            }
+            names.push((e.entry().name().to_owned(), e.entry().file_size()));
+            r = e.finish().expect("next");
+        }
+        assert_eq!(names, [("a".into(), 0), ("a/f".into(), 5), ("a/l".into(), 1)]);
+    }
+
+    #[test]
+    fn short_file_is_an_error() {
+        let mut w = NewcWriter::new(Vec::new());
+        let e = w.file("x", 0o644, 10, &b"abc"[..]).expect_err("short");
+        assert!(e.to_string().contains("shrank"), "{e}");
+    }
+
+    #[test]
+    fn too_big() {
+        let mut w = NewcWriter::new(Vec::new());
+        assert!(w.file("x", 0o644, 1 << 32, io::empty()).is_err());
+    }
+}

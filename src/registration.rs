@@ -1,0 +1,248 @@
+//! The registration format of `nix-store --load-db` (`nix-path-registration`,
+//! closureInfo's `registration`).
+//!
+//! For each store path, one item per line:
+//!
+//! ```text
+//! /nix/store/<hash>-<name>      the path
+//! sha256:<nixbase32>            its NAR hash (any form Nix parses)
+//! 1234                          its NAR size in bytes
+//!                               its deriver, or an empty line
+//! 2                             the number of references
+//! /nix/store/<hash>-<dep>       one line per reference
+//! /nix/store/<hash>-<name>
+//! ```
+//!
+//! The file ends with or without a final newline. See Nix's
+//! `decodeValidPathInfo` (src/libstore/path-info.cc) and nixpkgs'
+//! `closure-info.nix`, which writes it.
+
+use std::fmt;
+
+use thiserror::Error;
+
+use crate::hash::{HashError, NixHash};
+use crate::store_path::{StorePath, StorePathError};
+
+/// What Nix knows about one valid store path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    pub path: StorePath,
+    pub nar_hash: NixHash,
+    pub nar_size: u64,
+    pub deriver: Option<StorePath>,
+    pub references: Vec<StorePath>,
+}
+
+/// A parse error; `line` is 1-based.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RegistrationError {
+    #[error("line {line}: the file ends where {expected} of {path} was expected")]
+    UnexpectedEnd { line: usize, expected: &'static str, path: String },
+    #[error("line {line}: {source}")]
+    InvalidPath { line: usize, source: StorePathError },
+    #[error("line {line}: bad NAR hash: {source}")]
+    InvalidHash { line: usize, source: HashError },
+    #[error("line {line}: NAR size {text:?} is not a whole number of bytes")]
+    InvalidSize { line: usize, text: String },
+    #[error("line {line}: bad deriver: {source}")]
+    InvalidDeriver { line: usize, source: StorePathError },
+    #[error("line {line}: reference count {text:?} is not a whole number")]
+    InvalidCount { line: usize, text: String },
+    #[error("line {line}: bad reference: {source}")]
+    InvalidReference { line: usize, source: StorePathError },
+}
+
+struct Lines<'a> {
+    iter: std::iter::Enumerate<std::str::Split<'a, char>>,
+    last: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// The next line and its 1-based number, unless the file has ended.
+    fn try_next(&mut self) -> Option<(usize, &'a str)> {
+        self.iter.next().filter(|(i, _)| *i < self.last).map(|(i, l)| (i + 1, l))
+    }
+
+    fn next(&mut self, expected: &'static str, path: &str) -> Result<(usize, &'a str), RegistrationError> {
+        self.try_next().ok_or_else(|| {
+            RegistrationError::UnexpectedEnd {
+                line: self.last + 1,
+                expected,
+                path: path.to_owned(),
+            }
+        })
+    }
+}
+
+/// Parse a whole registration.
+pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
+    // A final newline ends the last line; it does not start an empty one.
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let last = if body.is_empty() { 0 } else { body.split('\n').count() };
+    let mut lines = Lines { iter: body.split('\n').enumerate(), last };
+    let mut infos = Vec::new();
+    while let Some((line, path)) = lines.try_next() {
+        let path = StorePath::from_absolute_path(path)
+            .map_err(|source| RegistrationError::InvalidPath { line, source })?;
+        let p = path.to_absolute_path();
+
+        let (line, hash) = lines.next("the NAR hash", &p)?;
+        let nar_hash =
+            NixHash::parse(hash).map_err(|source| RegistrationError::InvalidHash { line, source })?;
+
+        let (line, size) = lines.next("the NAR size", &p)?;
+        let nar_size = size
+            .parse()
+            .map_err(|_| RegistrationError::InvalidSize { line, text: size.to_owned() })?;
+
+        let (line, deriver) = lines.next("the deriver line", &p)?;
+        let deriver = match deriver {
+            "" => None,
+            d => Some(
+                StorePath::from_absolute_path(d)
+                    .map_err(|source| RegistrationError::InvalidDeriver { line, source })?,
+            ),
+        };
+
+        let (line, count) = lines.next("the reference count", &p)?;
+        let count: usize = count
+            .parse()
+            .map_err(|_| RegistrationError::InvalidCount { line, text: count.to_owned() })?;
+
+        let mut references = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            let (line, r) = lines.next("a reference", &p)?;
+            references.push(
+                StorePath::from_absolute_path(r)
+                    .map_err(|source| RegistrationError::InvalidReference { line, source })?,
+            );
+        }
+        infos.push(PathInfo { path, nar_hash, nar_size, deriver, references });
+    }
+    Ok(infos)
+}
+
+/// Writes a registration that [`parse`] and `nix-store --load-db` read.
+pub struct Registration<'a>(pub &'a [PathInfo]);
+
+impl fmt::Display for Registration<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for info in self.0 {
+            writeln!(f, "{}", info.path)?;
+            writeln!(f, "{}", info.nar_hash)?;
+            writeln!(f, "{}", info.nar_size)?;
+            match &info.deriver {
+                Some(d) => writeln!(f, "{d}")?,
+                None => writeln!(f)?,
+            }
+            writeln!(f, "{}", info.references.len())?;
+            for r in &info.references {
+                writeln!(f, "{r}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-a";
+    const B: &str = "/nix/store/1b9p07z77phvv2hf6gm9f28syp39f1ag-b";
+    const H: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+
+    fn sample() -> String {
+        format!("{A}\n{H}\n120\n\n2\n{A}\n{B}\n{B}\n{H}\n56\n{A}\n0\n")
+    }
+
+    #[test]
+    fn parse_display_round_trip() {
+        let infos = parse(&sample()).expect("valid");
+        assert_eq!(infos.len(), 2);
+        assert_eq!(infos[0].references.len(), 2);
+        assert_eq!(infos[1].deriver.as_ref().map(|d| d.to_string()), Some(A.to_owned()));
+        let text = Registration(&infos).to_string();
+        assert_eq!(text, sample());
+        assert_eq!(parse(&text).expect("reparse"), infos);
+    }
+
+    #[test]
+    fn no_trailing_newline() {
+        let s = sample();
+        assert_eq!(parse(s.trim_end()).expect("valid"), parse(&s).expect("valid"));
+    }
+
+    #[test]
+    fn empty() {
+        assert_eq!(parse("").expect("valid"), vec![]);
+        assert_eq!(parse("\n").expect("valid"), vec![]);
+    }
+
+    #[test]
+    fn hash_forms() {
+        let sri = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let infos = parse(&format!("{A}\n{sri}\n1\n\n0\n")).expect("SRI accepted");
+        assert_eq!(infos[0].nar_hash.to_string(), H);
+    }
+
+    fn err(text: String) -> RegistrationError {
+        parse(&text).expect_err("must fail")
+    }
+
+    #[test]
+    fn unexpected_end() {
+        let e = err(format!("{A}\n{H}\n120\n\n2\n{A}\n"));
+        assert_eq!(
+            e,
+            RegistrationError::UnexpectedEnd { line: 7, expected: "a reference", path: A.into() }
+        );
+        assert_eq!(e.to_string(), format!("line 7: the file ends where a reference of {A} was expected"));
+    }
+
+    #[test]
+    fn invalid_path() {
+        assert!(matches!(err(format!("/tmp/x\n{H}\n")), RegistrationError::InvalidPath { line: 1, .. }));
+    }
+
+    #[test]
+    fn invalid_hash() {
+        assert!(matches!(
+            err(format!("{A}\nsha256:xyz\n1\n\n0\n")),
+            RegistrationError::InvalidHash { line: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_size() {
+        assert!(matches!(
+            err(format!("{A}\n{H}\n-1\n\n0\n")),
+            RegistrationError::InvalidSize { line: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_deriver() {
+        assert!(matches!(
+            err(format!("{A}\n{H}\n1\nfoo.drv\n0\n")),
+            RegistrationError::InvalidDeriver { line: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_count() {
+        assert!(matches!(
+            err(format!("{A}\n{H}\n1\n\ntwo\n")),
+            RegistrationError::InvalidCount { line: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_reference() {
+        assert!(matches!(
+            err(format!("{A}\n{H}\n1\n\n1\n{A} \n")),
+            RegistrationError::InvalidReference { line: 6, .. }
+        ));
+    }
+}

@@ -1,0 +1,334 @@
+//! The Nix store as a squashfs image, laid out as nixpkgs'
+//! `nixos/lib/make-squashfs.nix` lays it out (mksquashfs with
+//! `-keep-as-directory -all-root -no-hardlinks`):
+//!
+//! ```text
+//! /                       0755, root:root
+//! /nix-path-registration  the closure, for `nix-store --load-db` at boot
+//! /<hash>-<name>          each store path: a directory, file or symlink
+//! ```
+//!
+//! Every inode is owned by 0:0 with mtime 1; file modes are kept; symlinks are
+//! stored, never followed; identical files are stored once. Writing is done by
+//! backhand; [`MkCompressor`] sits between it and the compressors.
+//! Spec: <https://dr-emann.github.io/squashfs/>
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::kind::Kind;
+use backhand::{
+    BackhandError, CompressionExtra, ExtraXz, FilesystemCompressor, FilesystemWriter, NodeHeader,
+    SuperBlock,
+};
+use camino::Utf8Path;
+use clap::ValueEnum;
+
+use crate::closure::Closure;
+use crate::output::AtomicFile;
+use crate::progress::{Counters, Progress, mib};
+
+/// Compression of the squashfs blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SquashfsCompression {
+    Zstd,
+    Xz,
+    Gzip,
+    Lz4,
+    /// Every block stored as is (the superblock says gzip, which every
+    /// kernel with squashfs reads, but no block is compressed).
+    None,
+}
+
+impl SquashfsCompression {
+    pub fn default_level(self) -> u32 {
+        match self {
+            SquashfsCompression::Zstd => 19,
+            SquashfsCompression::Xz => 6,
+            SquashfsCompression::Gzip => 9,
+            SquashfsCompression::Lz4 | SquashfsCompression::None => 0,
+        }
+    }
+
+    fn levels(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            SquashfsCompression::Zstd => 1..=22,
+            SquashfsCompression::Xz => 0..=9,
+            SquashfsCompression::Gzip => 1..=9,
+            SquashfsCompression::Lz4 | SquashfsCompression::None => 0..=0,
+        }
+    }
+}
+
+/// How to build the image.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub compression: SquashfsCompression,
+    pub level: Option<u32>,
+    pub block_size: u32,
+    pub jobs: u32,
+    pub quiet: bool,
+}
+
+pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            compression: SquashfsCompression::Zstd,
+            level: None,
+            block_size: DEFAULT_BLOCK_SIZE,
+            jobs: 0,
+            quiet: false,
+        }
+    }
+}
+
+impl Options {
+    fn level(&self) -> Result<u32> {
+        let c = self.compression;
+        let level = self.level.unwrap_or(c.default_level());
+        if !c.levels().contains(&level) {
+            let r = c.levels();
+            bail!("level {level} is out of range for {c:?} squashfs compression (use {} to {})", r.start(), r.end());
+        }
+        Ok(level)
+    }
+
+    fn check_block_size(&self) -> Result<()> {
+        let b = self.block_size;
+        if !(4096..=DEFAULT_BLOCK_SIZE).contains(&b) || !b.is_power_of_two() {
+            bail!("block size {b} is invalid: use a power of two from 4096 to 1048576 (1 MiB, the default)");
+        }
+        Ok(())
+    }
+
+    fn fs_compressor(&self) -> Result<FilesystemCompressor> {
+        use backhand::compression::{CompressionOptions as O, Gzip, Lz4, Xz, Zstd};
+        use backhand::v4::compressor::XzFilter;
+        let level = self.level()?;
+        let (id, options) = match self.compression {
+            SquashfsCompression::Zstd => (Compressor::Zstd, Some(O::Zstd(Zstd { compression_level: level }))),
+            // mksquashfs -comp xz -Xdict-size 100%: the dictionary is a block.
+            SquashfsCompression::Xz => (
+                Compressor::Xz,
+                Some(O::Xz(Xz {
+                    dictionary_size: self.block_size,
+                    filters: XzFilter::new(0),
+                    bit_opts: None,
+                    fb: None,
+                })),
+            ),
+            SquashfsCompression::Gzip => (
+                Compressor::Gzip,
+                Some(O::Gzip(Gzip { compression_level: level, window_size: 15, strategies: 0 })),
+            ),
+            // Version 1 is the only lz4 format the kernel reads (LZ4_LEGACY).
+            SquashfsCompression::Lz4 => (Compressor::Lz4, Some(O::Lz4(Lz4 { version: 1, flags: 0 }))),
+            SquashfsCompression::None => (Compressor::Gzip, None),
+        };
+        let mut fc = FilesystemCompressor::new(id, options).context("invalid compression options")?;
+        if self.compression == SquashfsCompression::Xz {
+            let mut xz = ExtraXz::default();
+            xz.level(level).context("invalid xz level")?;
+            fc.extra(CompressionExtra::Xz(xz)).context("invalid xz options")?;
+        }
+        Ok(fc)
+    }
+}
+
+/// backhand's compressor, but able to store everything uncompressed.
+struct MkCompressor {
+    store_only: bool,
+}
+
+impl CompressionAction for MkCompressor {
+    type Error = BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = SuperBlock;
+
+    fn decompress(&self, bytes: &[u8], out: &mut Vec<u8>, c: Compressor) -> Result<(), BackhandError> {
+        DefaultCompressor.decompress(bytes, out, c)
+    }
+
+    fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
+        if self.store_only {
+            // backhand stores a block as is when its compressed form is longer.
+            return Ok(vec![0; bytes.len() + 1]);
+        }
+        DefaultCompressor.compress(bytes, fc, block_size)
+    }
+
+    fn compression_options(
+        &self,
+        sb: &mut SuperBlock,
+        kind: &Kind,
+        fc: FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, BackhandError> {
+        DefaultCompressor.compression_options(sb, kind, fc)
+    }
+}
+
+/// Opens its file at the first read and closes it at the end, so that only
+/// one file is open at a time; counts progress; names the file in errors.
+struct LazyReader {
+    path: PathBuf,
+    size: u64,
+    read: u64,
+    file: Option<File>,
+    counters: Arc<Counters>,
+}
+
+impl Read for LazyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let wrap = |e: io::Error, path: &Path| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        if self.file.is_none() {
+            if self.read > 0 {
+                return Ok(0);
+            }
+            self.file = Some(File::open(&self.path).map_err(|e| wrap(e, &self.path))?);
+            self.counters.add_file();
+        }
+        let Some(file) = self.file.as_mut() else { return Ok(0) };
+        let n = file.read(buf).map_err(|e| wrap(e, &self.path))?;
+        self.read += n as u64;
+        self.counters.add_bytes(n as u64);
+        if n == 0 {
+            self.file = None;
+            if self.read != self.size {
+                return Err(io::Error::other(format!(
+                    "{}: changed size while being packed ({} bytes, then {})",
+                    self.path.display(),
+                    self.size,
+                    self.read
+                )));
+            }
+            // Mark as finished even for an empty file.
+            self.read = self.read.max(1);
+        }
+        Ok(n)
+    }
+}
+
+/// Totals found while walking the closure.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+struct Walker {
+    fs: FilesystemWriter<'static, 'static, 'static>,
+    counters: Arc<Counters>,
+    stats: Stats,
+}
+
+fn header(perm: u32) -> NodeHeader {
+    NodeHeader::new((perm & 0o7777) as u16, 0, 0, 1)
+}
+
+impl Walker {
+    /// Add `src` at `dest` in the image, recursing into directories in
+    /// byte order of their names.
+    fn add(&mut self, src: &Path, dest: &Path) -> Result<()> {
+        let meta = std::fs::symlink_metadata(src).with_context(|| format!("cannot stat {}", src.display()))?;
+        let ft = meta.file_type();
+        let h = header(meta.permissions().mode());
+        let ctx = || format!("cannot add {} to the image", src.display());
+        if ft.is_symlink() {
+            let target = std::fs::read_link(src).with_context(|| format!("cannot read symlink {}", src.display()))?;
+            self.fs.push_symlink(target, dest, h).with_context(ctx)?;
+            self.stats.symlinks += 1;
+        } else if ft.is_file() {
+            let size = meta.len();
+            let reader = LazyReader { path: src.to_owned(), size, read: 0, file: None, counters: Arc::clone(&self.counters) };
+            self.fs.push_file(reader, dest, h).with_context(ctx)?;
+            self.stats.files += 1;
+            self.stats.bytes += size;
+        } else if ft.is_dir() {
+            self.fs.push_dir(dest, h).with_context(ctx)?;
+            self.stats.dirs += 1;
+            let mut entries = std::fs::read_dir(src)
+                .with_context(|| format!("cannot list {}", src.display()))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<Vec<_>>>()
+                .with_context(|| format!("cannot list {}", src.display()))?;
+            entries.sort();
+            for name in entries {
+                self.add(&src.join(&name), &dest.join(&name))?;
+            }
+        } else {
+            let kind = if ft.is_fifo() {
+                "a fifo"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else {
+                "of an unknown type"
+            };
+            bail!("{} is {kind}; a Nix store holds only files, directories and symlinks", src.display());
+        }
+        Ok(())
+    }
+}
+
+/// Build the image of `closure`, whose store lies below `root`, at `output`.
+pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Options) -> Result<Stats> {
+    opts.check_block_size()?;
+    let fc = opts.fs_compressor()?;
+    closure.check_present(root)?;
+
+    // One per build; backhand wants the compressor for the program's lifetime.
+    let compressor: &'static MkCompressor =
+        Box::leak(Box::new(MkCompressor { store_only: opts.compression == SquashfsCompression::None }));
+    let registration = closure.registration();
+
+    let counters = Arc::new(Counters::default());
+    let mut fs = FilesystemWriter::default();
+    fs.set_kind(Kind::new_v4(compressor));
+    fs.set_compressor(fc);
+    fs.set_emit_compression_options(opts.compression != SquashfsCompression::None);
+    fs.set_block_size(opts.block_size);
+    fs.set_time(1);
+    fs.set_root_mode(0o755);
+    fs.set_root_uid(0);
+    fs.set_root_gid(0);
+    fs.set_only_root_id();
+    fs.set_no_duplicate_files(true);
+    let mut w = Walker { fs, counters: Arc::clone(&counters), stats: Stats::default() };
+
+    w.fs.push_file(io::Cursor::new(registration.into_bytes()), "nix-path-registration", header(0o644))
+        .context("cannot add nix-path-registration")?;
+    for info in &closure.paths {
+        let src = closure.source(root, &info.path);
+        w.add(src.as_std_path(), Path::new(info.path.base_name()))?;
+    }
+    let Walker { mut fs, stats, .. } = w;
+
+    let mut out = AtomicFile::create(output)?;
+    let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
+    fs.write(&mut out).with_context(|| format!("cannot write squashfs {output}"))?;
+    drop(progress);
+    drop(fs);
+    out.commit()?;
+    if !opts.quiet {
+        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "squashfs: {output}: {} store paths, {} files, {} → {}",
+            closure.paths.len(),
+            stats.files,
+            mib(stats.bytes),
+            mib(size)
+        );
+    }
+    Ok(stats)
+}

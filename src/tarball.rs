@@ -1,0 +1,71 @@
+//! A tarball to unpack at `/` on a host without Nix:
+//!
+//! ```text
+//! nixos-kexec/bin/nixos-kexec   runs ../kexec-boot
+//! nixos-kexec/bzImage, initrd.gz, kexec-boot, netboot.ipxe
+//! nixos-kexec/kexec             a static kexec, when given (kexec-boot uses it first)
+//! ```
+//!
+//! Deterministic: fixed order, mtime 1, owner 0:0, gzip header without a
+//! time or name.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use anyhow::{Context, Result, bail};
+use camino::Utf8Path;
+
+use crate::output::AtomicFile;
+
+pub const WRAPPER: &str = "#!/bin/sh\n# Boots the NixOS system in the directory above with kexec.\nexec \"$(dirname \"$0\")/../kexec-boot\" \"$@\"\n";
+
+const TREE_FILES: [(&str, u32); 4] =
+    [("bzImage", 0o644), ("initrd.gz", 0o644), ("kexec-boot", 0o755), ("netboot.ipxe", 0o644)];
+
+fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(path).with_context(|| format!("bad tar path {path}"))?;
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1);
+    h.set_size(size);
+    h.set_cksum();
+    Ok(h)
+}
+
+pub fn build(tree: &Utf8Path, output: &Utf8Path, kexec: Option<&Utf8Path>, level: u32) -> Result<()> {
+    for (f, _) in TREE_FILES {
+        if !tree.join(f).is_file() {
+            bail!("{tree} is not a kexec tree: {f} is missing (make one with `mkkexec tree`)");
+        }
+    }
+    let out = AtomicFile::create(output)?;
+    let gz = flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(level));
+    let mut tar = tar::Builder::new(gz);
+    let dir = |tar: &mut tar::Builder<_>, p: &str| -> Result<()> {
+        tar.append(&header(p, 0o755, 0, tar::EntryType::Directory)?, io::empty())
+            .with_context(|| format!("cannot write {output}"))
+    };
+    let file = |tar: &mut tar::Builder<_>, p: &str, mode: u32, size: u64, data: &mut dyn Read| -> Result<()> {
+        tar.append(&header(p, mode, size, tar::EntryType::Regular)?, data)
+            .with_context(|| format!("cannot write {output}"))
+    };
+    dir(&mut tar, "nixos-kexec/")?;
+    dir(&mut tar, "nixos-kexec/bin/")?;
+    file(&mut tar, "nixos-kexec/bin/nixos-kexec", 0o755, WRAPPER.len() as u64, &mut WRAPPER.as_bytes())?;
+    let mut add = |src: &Utf8Path, dest: &str, mode: u32| -> Result<()> {
+        let mut f = File::open(src).with_context(|| format!("cannot open {src}"))?;
+        let size = f.metadata()?.len();
+        file(&mut tar, &format!("nixos-kexec/{dest}"), mode, size, &mut f)
+    };
+    for (f, mode) in TREE_FILES {
+        add(&tree.join(f), f, mode)?;
+    }
+    if let Some(k) = kexec {
+        add(k, "kexec", 0o755)?;
+    }
+    let gz = tar.into_inner().with_context(|| format!("cannot write {output}"))?;
+    gz.finish().with_context(|| format!("cannot write {output}"))?.commit()
+}

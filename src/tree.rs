@@ -1,0 +1,111 @@
+//! The kexec tree, laid out as nixpkgs' `system.build.kexecTree`:
+//!
+//! ```text
+//! DIR/bzImage       the kernel
+//! DIR/initrd.gz     stage 1 (prepended as is) + a cpio with /nix-store.squashfs
+//! DIR/kexec-boot    the script that loads both and jumps
+//! DIR/netboot.ipxe  the same boot for iPXE
+//! ```
+//!
+//! The tree is assembled in a temporary directory beside DIR and renamed
+//! into place, so DIR is either the old tree or the new one.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::closure::Closure;
+use crate::initrd::{self, FileSpec};
+use crate::output::AtomicFile;
+use crate::script::{self, BootSpec};
+use crate::squashfs;
+
+pub struct TreeOptions<'a> {
+    pub root: &'a Utf8Path,
+    pub toplevel: &'a str,
+    pub kernel: &'a Utf8Path,
+    pub prepend_initrd: &'a [Utf8PathBuf],
+    pub kernel_params: &'a [String],
+    pub squashfs: squashfs::Options,
+    pub initrd: initrd::Options,
+}
+
+/// Write a file of the tree with `mode`.
+pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(contents).with_context(|| format!("cannot write {path}"))?;
+    f.set_mode(mode)?;
+    f.commit()
+}
+
+/// The bytes the kernel will unpack from the initrds in `paths`.
+pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
+    let mut total = 0;
+    for p in paths {
+        total += initrd::scan(p)?.iter().map(initrd::Segment::unpacked_size).sum::<u64>();
+    }
+    Ok(total)
+}
+
+pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()> {
+    let toplevel = crate::store_path::StorePath::from_absolute_path(opts.toplevel)
+        .with_context(|| format!("--toplevel {}", opts.toplevel))?;
+    if !closure.paths.iter().any(|p| p.path == toplevel) {
+        bail!("--toplevel {toplevel} is not in the closure; pass the closure of the system's toplevel");
+    }
+    if !opts.kernel.is_file() {
+        bail!("--kernel {} is not a file (the bzImage / Image of the system's kernel)", opts.kernel);
+    }
+    if out.exists() && !out.join("kexec-boot").exists() {
+        bail!("{out} exists and is not a kexec tree; remove it or choose another --output");
+    }
+    let name = out.file_name().with_context(|| format!("--output {out} has no directory name"))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_str().is_empty() => p.to_owned(),
+        _ => Utf8PathBuf::from("."),
+    };
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = build_in(closure, &tmp, opts, &toplevel.to_string());
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace the old tree {out}"))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {tmp} to {out}"))?;
+    Ok(())
+}
+
+fn build_in(closure: &Closure, dir: &Utf8Path, opts: &TreeOptions, toplevel: &str) -> Result<()> {
+    std::fs::create_dir(dir).with_context(|| format!("cannot create {dir}"))?;
+    let img = dir.join("nix-store.squashfs");
+    squashfs::build(closure, opts.root, &img, &opts.squashfs)?;
+    let img_size = std::fs::metadata(&img).with_context(|| format!("cannot stat {img}"))?.len();
+
+    let initrd_path = dir.join("initrd.gz");
+    initrd::build(
+        &initrd_path,
+        opts.prepend_initrd,
+        &[FileSpec { src: img.clone(), dest: "/nix-store.squashfs".into() }],
+        &opts.initrd,
+    )?;
+    std::fs::remove_file(&img).with_context(|| format!("cannot remove {img}"))?;
+    let initrd_bytes = std::fs::metadata(&initrd_path)?.len();
+
+    let kernel = std::fs::read(opts.kernel).with_context(|| format!("cannot read kernel {}", opts.kernel))?;
+    write_file(&dir.join("bzImage"), &kernel, 0o644)?;
+
+    let spec = BootSpec {
+        toplevel,
+        kernel_params: opts.kernel_params,
+        initrd_bytes,
+        unpacked_bytes: img_size + unpacked_size(opts.prepend_initrd)?,
+    };
+    write_file(&dir.join("kexec-boot"), script::kexec_boot(&spec).as_bytes(), 0o755)?;
+    write_file(&dir.join("netboot.ipxe"), script::netboot_ipxe(&spec).as_bytes(), 0o644)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
