@@ -43,6 +43,14 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// Cut the file at `len` bytes (a writer that seeks back may leave
+    /// stale bytes past its real end).
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        let f = self.file.as_mut().context("output already committed")?;
+        f.flush().with_context(|| format!("cannot write {}", self.tmp))?;
+        f.get_ref().set_len(len).with_context(|| format!("cannot truncate {}", self.tmp))
+    }
+
     /// Set the permission bits before the commit.
     pub fn set_mode(&self, mode: u32) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;

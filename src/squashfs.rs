@@ -316,7 +316,10 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
 
     let mut out = AtomicFile::create(output)?;
     let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
-    fs.write(&mut out).with_context(|| format!("cannot write squashfs {output}"))?;
+    let (_, len) = fs.write(&mut out).with_context(|| format!("cannot write squashfs {output}"))?;
+    // backhand writes a duplicate file's data, then seeks back over it; when
+    // that was the last data, stale bytes stay past the image's end.
+    out.truncate(len)?;
     drop(progress);
     drop(fs);
     out.commit()?;
