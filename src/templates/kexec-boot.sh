@@ -5,7 +5,10 @@
 # static kexec beside this script) and enough memory.
 set -eu
 
+# Literal values, single-quoted: nothing in them is expanded.
+# shellcheck disable=SC2016
 init=@INIT@
+# shellcheck disable=SC2016
 params=@PARAMS@
 # initrd.gz as loaded, and what it unpacks to in RAM (the store squashfs
 # plus stage 1), in bytes.
