@@ -48,11 +48,11 @@ pub struct ClosureArgs {
 #[derive(Args, Debug)]
 pub struct SquashfsArgs {
     /// Block compression of the store image.
-    #[arg(long = "squashfs-compression", value_enum, default_value_t = SquashfsCompression::Zstd)]
-    pub compression: SquashfsCompression,
+    #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
+    pub squashfs_compression: SquashfsCompression,
     /// Compression level (zstd 1-22, default 19; xz 0-9, default 6; gzip 1-9, default 9).
-    #[arg(long = "squashfs-level")]
-    pub level: Option<u32>,
+    #[arg(long)]
+    pub squashfs_level: Option<u32>,
     /// Squashfs block size in bytes: a power of two from 4096 to 1048576.
     #[arg(long, default_value_t = crate::squashfs::DEFAULT_BLOCK_SIZE)]
     pub block_size: u32,
@@ -61,11 +61,11 @@ pub struct SquashfsArgs {
 #[derive(Args, Debug)]
 pub struct InitrdArgs {
     /// Compression of the appended cpio (the kernel reads zstd, gzip, xz with CRC32, or none).
-    #[arg(long = "initrd-compression", value_enum, default_value_t = InitrdCompression::Zstd)]
-    pub compression: InitrdCompression,
+    #[arg(long, value_enum, default_value_t = InitrdCompression::Zstd)]
+    pub initrd_compression: InitrdCompression,
     /// Compression level (zstd 1-22, default 19; gzip 1-9, default 9; xz 0-9, default 6).
-    #[arg(long = "initrd-level")]
-    pub level: Option<u32>,
+    #[arg(long)]
+    pub initrd_level: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,4 +174,13 @@ pub enum Command {
         /// An initrd (possibly concatenated) or a squashfs image.
         file: Utf8PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -48,13 +48,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 prepend_initrd,
                 kernel_params,
                 squashfs: squashfs::Options {
-                    compression: squashfs.compression,
-                    level: squashfs.level,
+                    compression: squashfs.squashfs_compression,
+                    level: squashfs.squashfs_level,
                     block_size: squashfs.block_size,
                     jobs: jobs(cli.jobs),
                     quiet: cli.quiet,
                 },
-                initrd: initrd_opts(initrd.compression, initrd.level, &cli)?,
+                initrd: initrd_opts(initrd.initrd_compression, initrd.initrd_level, &cli)?,
             };
             tree::build(&c, output, &opts)?;
         }

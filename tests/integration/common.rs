@@ -1,7 +1,7 @@
 //! Fixtures and helpers shared by the integration tests.
 
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -205,8 +205,4 @@ pub fn describe(dir: &Path) -> Vec<String> {
     let mut out = vec![];
     walk(dir, Path::new(""), &mut out);
     out
-}
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
