@@ -25,6 +25,10 @@ impl BootSpec<'_> {
     }
 }
 
+/// `bin/nixos-kexec`: the entry point of a tree, a Nix package and the tarball.
+pub const NIXOS_KEXEC: &str = "#!/bin/sh\n# Boots the NixOS system in the directory above with kexec.\n\
+exec \"$(dirname \"$0\")/../kexec-boot\" \"$@\"\n";
+
 /// Quote `s` for a POSIX shell: a single-quoted word.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))

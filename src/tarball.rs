@@ -16,11 +16,7 @@ use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
 use crate::output::AtomicFile;
-
-pub const WRAPPER: &str = "#!/bin/sh\n# Boots the NixOS system in the directory above with kexec.\nexec \"$(dirname \"$0\")/../kexec-boot\" \"$@\"\n";
-
-const TREE_FILES: [(&str, u32); 4] =
-    [("bzImage", 0o644), ("initrd.gz", 0o644), ("kexec-boot", 0o755), ("netboot.ipxe", 0o644)];
+use crate::tree::FILES;
 
 fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
     let mut h = tar::Header::new_gnu();
@@ -36,10 +32,13 @@ fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar:
 }
 
 pub fn build(tree: &Utf8Path, output: &Utf8Path, kexec: Option<&Utf8Path>, level: u32) -> Result<()> {
-    for (f, _) in TREE_FILES {
+    for (f, _) in FILES {
         if !tree.join(f).is_file() {
             bail!("{tree} is not a kexec tree: {f} is missing (make one with `mkkexec tree`)");
         }
+    }
+    if let Some(parent) = output.parent().filter(|p| !p.as_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {parent}"))?;
     }
     let out = AtomicFile::create(output)?;
     let gz = flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(level));
@@ -54,13 +53,12 @@ pub fn build(tree: &Utf8Path, output: &Utf8Path, kexec: Option<&Utf8Path>, level
     };
     dir(&mut tar, "nixos-kexec/")?;
     dir(&mut tar, "nixos-kexec/bin/")?;
-    file(&mut tar, "nixos-kexec/bin/nixos-kexec", 0o755, WRAPPER.len() as u64, &mut WRAPPER.as_bytes())?;
     let mut add = |src: &Utf8Path, dest: &str, mode: u32| -> Result<()> {
         let mut f = File::open(src).with_context(|| format!("cannot open {src}"))?;
         let size = f.metadata()?.len();
         file(&mut tar, &format!("nixos-kexec/{dest}"), mode, size, &mut f)
     };
-    for (f, mode) in TREE_FILES {
+    for (f, mode) in FILES {
         add(&tree.join(f), f, mode)?;
     }
     if let Some(k) = kexec {

@@ -5,6 +5,7 @@
 //! DIR/initrd.gz     stage 1 (prepended as is) + a cpio with /nix-store.squashfs
 //! DIR/kexec-boot    the script that loads both and jumps
 //! DIR/netboot.ipxe  the same boot for iPXE
+//! DIR/bin/nixos-kexec  runs ../kexec-boot (so a Nix package's result/bin works)
 //! ```
 //!
 //! The tree is assembled in a temporary directory beside DIR and renamed
@@ -21,6 +22,15 @@ use crate::initrd::{self, FileSpec};
 use crate::output::AtomicFile;
 use crate::script::{self, BootSpec};
 use crate::squashfs;
+
+/// The files of a tree, with their modes.
+pub const FILES: [(&str, u32); 5] = [
+    ("bin/nixos-kexec", 0o755),
+    ("bzImage", 0o644),
+    ("initrd.gz", 0o644),
+    ("kexec-boot", 0o755),
+    ("netboot.ipxe", 0o644),
+];
 
 pub struct TreeOptions<'a> {
     pub root: &'a Utf8Path,
@@ -106,6 +116,8 @@ fn build_in(closure: &Closure, dir: &Utf8Path, opts: &TreeOptions, toplevel: &st
     };
     write_file(&dir.join("kexec-boot"), script::kexec_boot(&spec).as_bytes(), 0o755)?;
     write_file(&dir.join("netboot.ipxe"), script::netboot_ipxe(&spec).as_bytes(), 0o644)?;
+    std::fs::create_dir(dir.join("bin")).with_context(|| format!("cannot create {dir}/bin"))?;
+    write_file(&dir.join("bin/nixos-kexec"), script::NIXOS_KEXEC.as_bytes(), 0o755)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }

@@ -51,7 +51,7 @@ fn tree_layout_contents_and_reproducibility() {
         .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
         .collect();
     names.sort();
-    assert_eq!(names, ["bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]);
+    assert_eq!(names, ["bin", "bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]);
     assert_eq!(mode(&out.join("kexec-boot")), 0o755);
     assert_eq!(mode(&out.join("bzImage")), 0o644);
     assert_eq!(std::fs::read(out.join("bzImage")).expect("read"), b"not really a kernel");
@@ -87,6 +87,7 @@ fn tree_layout_contents_and_reproducibility() {
     assert!(std::fs::read(x.join("nix-store.squashfs")).expect("read") == std::fs::read(&alone).expect("read"));
 
     // Built again over the old tree: the same bytes.
+    let names: Vec<&str> = mkkexec::tree::FILES.iter().map(|f| f.0).collect();
     let before: Vec<_> = names.iter().map(|n| std::fs::read(out.join(n)).expect("read")).collect();
     build_tree(&f, &dir, &out);
     let after: Vec<_> = names.iter().map(|n| std::fs::read(out.join(n)).expect("read")).collect();
