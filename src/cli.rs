@@ -71,7 +71,9 @@ pub struct InitrdArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pack a closure into a squashfs image as nixpkgs' make-squashfs.nix lays it out.
-    #[command(after_help = "Example:\n  mkkexec squashfs --closure /nix/store/…-closure-info --output store.squashfs")]
+    #[command(
+        after_help = "Example:\n  mkkexec squashfs --closure /nix/store/…-closure-info --output store.squashfs"
+    )]
     Squashfs {
         #[command(flatten)]
         closure: ClosureArgs,
@@ -89,7 +91,9 @@ pub enum Command {
         block_size: u32,
     },
     /// Write a compressed newc cpio of files, after prepended initrds.
-    #[command(after_help = "Example:\n  mkkexec initrd --prepend stage1/initrd --file store.squashfs:/nix-store.squashfs \\\n    --output initrd.gz")]
+    #[command(
+        after_help = "Example:\n  mkkexec initrd --prepend stage1/initrd --file store.squashfs:/nix-store.squashfs \\\n    --output initrd.gz"
+    )]
     Initrd {
         /// The initrd to write.
         #[arg(long, short)]
@@ -108,8 +112,10 @@ pub enum Command {
         level: Option<u32>,
     },
     /// Build the whole kexec tree: bzImage, initrd.gz, kexec-boot, netboot.ipxe.
-    #[command(after_help = "Example:\n  mkkexec tree --closure .attrs.json --toplevel /nix/store/…-nixos-system-x \\\n    \
---kernel …/bzImage --prepend-initrd …/initrd --kernel-param console=ttyS0 --output tree")]
+    #[command(
+        after_help = "Example:\n  mkkexec tree --closure .attrs.json --toplevel /nix/store/…-nixos-system-x \\\n    \
+--kernel …/bzImage --prepend-initrd …/initrd --kernel-param console=ttyS0 --output tree"
+    )]
     Tree {
         #[command(flatten)]
         closure: ClosureArgs,
@@ -134,7 +140,9 @@ pub enum Command {
         initrd: InitrdArgs,
     },
     /// Render kexec-boot (or netboot.ipxe) for an existing initrd.
-    #[command(after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --initrd tree/initrd.gz \\\n    --output tree/kexec-boot")]
+    #[command(
+        after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --initrd tree/initrd.gz \\\n    --output tree/kexec-boot"
+    )]
     Script {
         /// The system's toplevel store path.
         #[arg(long)]
@@ -153,7 +161,9 @@ pub enum Command {
         output: Utf8PathBuf,
     },
     /// Pack a kexec tree into a tar.gz to unpack at `/`: /nixos-kexec/bin/nixos-kexec.
-    #[command(after_help = "Example:\n  mkkexec tarball --tree tree --kexec /nix/store/…-kexec-tools-static/bin/kexec \\\n    --output nixos-system-x86_64-linux.tar.gz")]
+    #[command(
+        after_help = "Example:\n  mkkexec tarball --tree tree --kexec /nix/store/…-kexec-tools-static/bin/kexec \\\n    --output nixos-system-x86_64-linux.tar.gz"
+    )]
     Tarball {
         /// The kexec tree (from `mkkexec tree`).
         #[arg(long)]

@@ -52,9 +52,11 @@ impl Closure {
         } else {
             input.to_owned()
         };
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read closure {file}"))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read closure {file}"))?;
         let paths = if text.trim_start().starts_with('{') {
-            Self::from_json(&text, attr).with_context(|| format!("in structured-attrs JSON {file}"))?
+            Self::from_json(&text, attr)
+                .with_context(|| format!("in structured-attrs JSON {file}"))?
         } else {
             registration::parse(&text).with_context(|| format!("in registration {file}"))?
         };
@@ -71,8 +73,8 @@ impl Closure {
                 keys.join(", ")
             )
         })?;
-        let list: Vec<JsonPathInfo> =
-            serde_json::from_value(list).with_context(|| format!("key {attr:?} is not a list of path infos"))?;
+        let list: Vec<JsonPathInfo> = serde_json::from_value(list)
+            .with_context(|| format!("key {attr:?} is not a list of path infos"))?;
         list.into_iter()
             .enumerate()
             .map(|(i, j)| {
@@ -131,7 +133,10 @@ impl Closure {
         for info in &self.paths {
             let on_disk = self.source(root, &info.path);
             std::fs::symlink_metadata(&on_disk).with_context(|| {
-                format!("{} is in the closure but {on_disk} cannot be read", info.path)
+                format!(
+                    "{} is in the closure but {on_disk} cannot be read",
+                    info.path
+                )
             })?;
         }
         Ok(())
@@ -173,8 +178,9 @@ mod tests {
 
     #[test]
     fn json_and_registration_agree() {
-        let from_json = Closure::new(Closure::from_json(&json(&format!("\"{A}\"")), "closure").expect("json"))
-            .expect("closed");
+        let from_json =
+            Closure::new(Closure::from_json(&json(&format!("\"{A}\"")), "closure").expect("json"))
+                .expect("closed");
         let text = from_json.registration();
         assert_eq!(text, format!("{A}\n{H}\n1\n\n0\n{B}\n{H}\n2\n\n1\n{A}\n"));
         let from_reg = Closure::new(registration::parse(&text).expect("parse")).expect("closed");
@@ -185,13 +191,19 @@ mod tests {
     fn json_missing_attr_names_keys() {
         let e = Closure::from_json(&json(""), "nope").expect_err("no such key");
         let msg = format!("{e:#}");
-        assert!(msg.contains("closure, outputs") && msg.contains("--closure-attr"), "{msg}");
+        assert!(
+            msg.contains("closure, outputs") && msg.contains("--closure-attr"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn not_closed() {
-        let c = Closure::from_json(&json(&format!("\"{A}\", \"{}\"", B.replace("-b", "-c"))), "closure")
-            .expect("json");
+        let c = Closure::from_json(
+            &json(&format!("\"{A}\", \"{}\"", B.replace("-b", "-c"))),
+            "closure",
+        )
+        .expect("json");
         let e = Closure::new(c).expect_err("c is missing");
         assert!(e.to_string().contains("not closed"), "{e}");
     }
@@ -200,7 +212,12 @@ mod tests {
     fn duplicate() {
         let mut c = Closure::from_json(&json(""), "closure").expect("json");
         c.push(c[0].clone());
-        assert!(Closure::new(c).expect_err("dup").to_string().contains("listed twice"));
+        assert!(
+            Closure::new(c)
+                .expect_err("dup")
+                .to_string()
+                .contains("listed twice")
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl InitrdCompression {
         let range = self.levels();
         if !range.contains(&level) {
             bail!(
-                "level {level} is out of range for {self:?} initrd compression (use {} to {})",
+                "level {level} is out of range for {} initrd compression (use {} to {})",
+                format!("{self:?}").to_lowercase(),
                 range.start(),
                 range.end()
             );

@@ -69,7 +69,11 @@ pub enum HashError {
     #[error(
         "digest {digest:?} has length {len}, which is neither base16, nixbase32 nor base64 for {algo}"
     )]
-    BadLength { algo: &'static str, digest: String, len: usize },
+    BadLength {
+        algo: &'static str,
+        digest: String,
+        len: usize,
+    },
     #[error("digest {0:?} is not valid {1}")]
     BadDigest(String, &'static str),
 }
@@ -84,15 +88,20 @@ impl NixHash {
         } else {
             return Err(HashError::MissingAlgo(s.to_owned()));
         };
-        let algo = HashAlgo::from_name(algo).ok_or_else(|| HashError::UnknownAlgo(algo.to_owned()))?;
+        let algo =
+            HashAlgo::from_name(algo).ok_or_else(|| HashError::UnknownAlgo(algo.to_owned()))?;
         let n = algo.digest_len();
         let bad = |what| HashError::BadDigest(digest.to_owned(), what);
         let bytes = if !sri && digest.len() == 2 * n {
-            HEXLOWER_PERMISSIVE.decode(digest.as_bytes()).map_err(|_| bad("base16"))?
+            HEXLOWER_PERMISSIVE
+                .decode(digest.as_bytes())
+                .map_err(|_| bad("base16"))?
         } else if !sri && digest.len() == nixbase32::encode_len(n) {
             nixbase32::decode(digest).map_err(|_| bad("nixbase32"))?
         } else if digest.len() == BASE64.encode_len(n) {
-            BASE64.decode(digest.as_bytes()).map_err(|_| bad("base64"))?
+            BASE64
+                .decode(digest.as_bytes())
+                .map_err(|_| bad("base64"))?
         } else {
             return Err(HashError::BadLength {
                 algo: algo.name(),
@@ -100,7 +109,10 @@ impl NixHash {
                 len: digest.len(),
             });
         };
-        Ok(NixHash { algo, digest: bytes })
+        Ok(NixHash {
+            algo,
+            digest: bytes,
+        })
     }
 
     /// The SRI form, `sha256-<base64>`.
@@ -112,7 +124,12 @@ impl NixHash {
 /// `algo:<nixbase32>`: what Nix itself writes into a registration.
 impl fmt::Display for NixHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algo.name(), nixbase32::encode(&self.digest))
+        write!(
+            f,
+            "{}:{}",
+            self.algo.name(),
+            nixbase32::encode(&self.digest)
+        )
     }
 }
 
@@ -137,17 +154,26 @@ mod tests {
 
     #[test]
     fn missing_algo() {
-        assert!(matches!(NixHash::parse("abc"), Err(HashError::MissingAlgo(_))));
+        assert!(matches!(
+            NixHash::parse("abc"),
+            Err(HashError::MissingAlgo(_))
+        ));
     }
 
     #[test]
     fn unknown_algo() {
-        assert!(matches!(NixHash::parse("blake3:00"), Err(HashError::UnknownAlgo(_))));
+        assert!(matches!(
+            NixHash::parse("blake3:00"),
+            Err(HashError::UnknownAlgo(_))
+        ));
     }
 
     #[test]
     fn bad_length() {
-        assert!(matches!(NixHash::parse("sha256:abcd"), Err(HashError::BadLength { .. })));
+        assert!(matches!(
+            NixHash::parse("sha256:abcd"),
+            Err(HashError::BadLength { .. })
+        ));
     }
 
     #[test]

@@ -31,13 +31,16 @@ impl std::str::FromStr for FileSpec {
 
     /// `SRC:DEST`, split at the last `:` so a source may contain colons.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (src, dest) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?} is not SRC:DEST (e.g. ./squashfs.img:/nix-store.squashfs)"))?;
+        let (src, dest) = s.rsplit_once(':').ok_or_else(|| {
+            format!("{s:?} is not SRC:DEST (e.g. ./squashfs.img:/nix-store.squashfs)")
+        })?;
         if src.is_empty() || dest.is_empty() {
             return Err(format!("{s:?} is not SRC:DEST: both parts are needed"));
         }
-        Ok(FileSpec { src: src.into(), dest: dest.to_owned() })
+        Ok(FileSpec {
+            src: src.into(),
+            dest: dest.to_owned(),
+        })
     }
 }
 
@@ -50,7 +53,11 @@ pub struct Options {
 
 enum Entry {
     Dir,
-    File { src: Utf8PathBuf, perm: u32, size: u64 },
+    File {
+        src: Utf8PathBuf,
+        perm: u32,
+        size: u64,
+    },
 }
 
 /// `dest` as a cpio name: relative, no `.`/`..`/empty components.
@@ -73,12 +80,18 @@ fn plan(files: &[FileSpec]) -> Result<BTreeMap<String, Entry>> {
         let mut parent = name.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
             match entries.get(p) {
-                Some(Entry::File { src, .. }) => bail!("{p} is both the file {src} and a directory"),
+                Some(Entry::File { src, .. }) => {
+                    bail!("{p} is both the file {src} and a directory")
+                }
                 _ => entries.insert(p.to_owned(), Entry::Dir),
             };
             parent = p;
         }
-        let entry = Entry::File { src: f.src.clone(), perm: meta.permissions().mode(), size: meta.len() };
+        let entry = Entry::File {
+            src: f.src.clone(),
+            perm: meta.permissions().mode(),
+            size: meta.len(),
+        };
         if entries.insert(name.clone(), entry).is_some() {
             bail!("/{name} is given twice (or is also a directory)");
         }
@@ -101,22 +114,43 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// Write `files` as a compressed cpio after `prepend` into `output`.
-pub fn build(output: &Utf8Path, prepend: &[Utf8PathBuf], files: &[FileSpec], opts: &Options) -> Result<()> {
+pub fn build(
+    output: &Utf8Path,
+    prepend: &[Utf8PathBuf],
+    files: &[FileSpec],
+    opts: &Options,
+) -> Result<()> {
     let entries = plan(files)?;
     let mut out = AtomicFile::create(output)?;
     let mut offset = 0u64;
     for p in prepend {
         let mut f = File::open(p).with_context(|| format!("cannot open initrd {p} to prepend"))?;
-        offset += io::copy(&mut f, &mut out).with_context(|| format!("cannot copy {p} into {output}"))?;
+        offset +=
+            io::copy(&mut f, &mut out).with_context(|| format!("cannot copy {p} into {output}"))?;
     }
     // The kernel finds an uncompressed cpio only at a 4-byte boundary, and
     // skips the zeros between members.
     let pad = (4 - offset % 4) % 4;
     out.write_all(&[0u8; 3][..pad as usize])?;
 
-    let total: u64 = entries.values().map(|e| if let Entry::File { size, .. } = e { *size } else { 0 }).sum();
+    let total: u64 = entries
+        .values()
+        .map(|e| {
+            if let Entry::File { size, .. } = e {
+                *size
+            } else {
+                0
+            }
+        })
+        .sum();
     let counters = Arc::new(Counters::default());
-    let progress = Progress::start("initrd", opts.quiet, Arc::clone(&counters), files.len() as u64, total);
+    let progress = Progress::start(
+        "initrd",
+        opts.quiet,
+        Arc::clone(&counters),
+        files.len() as u64,
+        total,
+    );
     let encoder = Encoder::new(out, opts.compression, opts.level, opts.jobs)?;
     let mut cpio = NewcWriter::new(encoder);
     for (name, entry) in &entries {
@@ -124,13 +158,20 @@ pub fn build(output: &Utf8Path, prepend: &[Utf8PathBuf], files: &[FileSpec], opt
             Entry::Dir => cpio.dir(name, 0o755)?,
             Entry::File { src, perm, size } => {
                 let f = File::open(src).with_context(|| format!("cannot open {src}"))?;
-                let r = Counting { inner: f, counters: Arc::clone(&counters) };
-                cpio.file(name, *perm, *size, r).with_context(|| format!("cannot archive {src}"))?;
+                let r = Counting {
+                    inner: f,
+                    counters: Arc::clone(&counters),
+                };
+                cpio.file(name, *perm, *size, r)
+                    .with_context(|| format!("cannot archive {src}"))?;
                 counters.add_file();
             }
         }
     }
-    let out = cpio.finish()?.finish().with_context(|| format!("cannot compress {output}"))?;
+    let out = cpio
+        .finish()?
+        .finish()
+        .with_context(|| format!("cannot compress {output}"))?;
     drop(progress);
     out.commit()
 }
@@ -171,7 +212,11 @@ fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
             r = e.finish()?;
             break;
         }
-        seg.entries.push((e.entry().name().to_owned(), e.entry().mode(), e.entry().file_size() as u64));
+        seg.entries.push((
+            e.entry().name().to_owned(),
+            e.entry().mode(),
+            e.entry().file_size() as u64,
+        ));
         r = e.finish()?;
     }
     if drain {
@@ -203,17 +248,25 @@ pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
         let head = r.fill_buf()?;
         let compression = crate::compress::sniff(head)
             .with_context(|| format!("{path}: unknown data at byte {offset}: not a cpio or a compression the kernel knows"))?;
-        let mut seg = Segment { offset, compression, entries: vec![] };
+        let mut seg = Segment {
+            offset,
+            compression,
+            entries: vec![],
+        };
         let ctx = || format!("{path}: member at byte {offset} ({compression})");
         match compression {
-            "gzip" => read_cpio(flate2::bufread::GzDecoder::new(&mut r), &mut seg, true).with_context(ctx)?,
+            "gzip" => read_cpio(flate2::bufread::GzDecoder::new(&mut r), &mut seg, true)
+                .with_context(ctx)?,
             "zstd" => {
                 let d = zstd::stream::read::Decoder::with_buffer(&mut r)?.single_frame();
                 read_cpio(d, &mut seg, true).with_context(ctx)?
             }
-            "xz" => read_cpio(liblzma::bufread::XzDecoder::new(&mut r), &mut seg, true).with_context(ctx)?,
+            "xz" => read_cpio(liblzma::bufread::XzDecoder::new(&mut r), &mut seg, true)
+                .with_context(ctx)?,
             "none (cpio)" => read_cpio(&mut r, &mut seg, false).with_context(ctx)?,
-            other => bail!("{path}: member at byte {offset} is {other}, which mkkexec cannot read (the kernel may)"),
+            other => bail!(
+                "{path}: member at byte {offset} is {other}, which mkkexec cannot read (the kernel may)"
+            ),
         }
         segments.push(seg);
     }

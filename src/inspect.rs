@@ -37,7 +37,8 @@ pub fn inspect(path: &Utf8Path, out: &mut impl Write) -> Result<()> {
 
 fn squashfs(path: &Utf8Path, out: &mut impl Write) -> Result<()> {
     let f = BufReader::new(File::open(path).with_context(|| format!("cannot open {path}"))?);
-    let fs = FilesystemReader::from_reader(f).with_context(|| format!("{path} is not a readable squashfs image"))?;
+    let fs = FilesystemReader::from_reader(f)
+        .with_context(|| format!("{path} is not a readable squashfs image"))?;
     let size = std::fs::metadata(path)?.len();
     let compressor = match fs.compressor {
         Some(c) => format!("{c:?}"),

@@ -31,7 +31,11 @@ pub struct NewcWriter<W: Write> {
 
 impl<W: Write> NewcWriter<W> {
     pub fn new(w: W) -> Self {
-        NewcWriter { w, offset: 0, next_ino: 1 }
+        NewcWriter {
+            w,
+            offset: 0,
+            next_ino: 1,
+        }
     }
 
     fn pad(&mut self) -> io::Result<()> {
@@ -46,16 +50,29 @@ impl<W: Write> NewcWriter<W> {
     }
 
     fn header(&mut self, name: &str, mode: u32, nlink: u32, size: u64) -> Result<()> {
-        let size: u32 = size
-            .try_into()
-            .ok()
-            .with_context(|| format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB"))?;
+        let size: u32 = size.try_into().ok().with_context(|| {
+            format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB")
+        })?;
         if name.is_empty() || name.contains('\0') {
             bail!("invalid cpio entry name {name:?}");
         }
         let ino = if name == TRAILER { 0 } else { self.next_ino };
         self.next_ino += 1;
-        let fields = [ino, mode, 0, 0, nlink, MTIME, size, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            MTIME,
+            size,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
         let mut h = Vec::with_capacity(110 + name.len() + 4);
         h.extend_from_slice(MAGIC);
         for f in fields {
@@ -128,7 +145,10 @@ mod tests {
             names.push((e.entry().name().to_owned(), e.entry().file_size()));
             r = e.finish().expect("next");
         }
-        assert_eq!(names, [("a".into(), 0), ("a/f".into(), 5), ("a/l".into(), 1)]);
+        assert_eq!(
+            names,
+            [("a".into(), 0), ("a/f".into(), 5), ("a/l".into(), 1)]
+        );
     }
 
     #[test]

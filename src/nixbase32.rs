@@ -69,13 +69,16 @@ pub fn decode(input: impl AsRef<[u8]>) -> Result<Vec<u8>, Nixbase32DecodeError> 
 }
 
 /// Decode into a fixed-size array, as store path hashes and digests need.
-pub fn decode_fixed<const N: usize>(input: impl AsRef<[u8]>) -> Result<[u8; N], Nixbase32DecodeError> {
+pub fn decode_fixed<const N: usize>(
+    input: impl AsRef<[u8]>,
+) -> Result<[u8; N], Nixbase32DecodeError> {
     let input = input.as_ref();
     if input.len() != encode_len(N) {
         return Err(Nixbase32DecodeError::InvalidLength(input.len()));
     }
     let v = decode(input)?;
-    v.try_into().map_err(|v: Vec<u8>| Nixbase32DecodeError::InvalidLength(v.len()))
+    v.try_into()
+        .map_err(|v: Vec<u8>| Nixbase32DecodeError::InvalidLength(v.len()))
 }
 
 #[cfg(test)]
@@ -110,7 +113,10 @@ mod tests {
 
     #[test]
     fn bad_character() {
-        assert_eq!(decode("0e"), Err(Nixbase32DecodeError::CharacterNotInAlphabet('e', 1)));
+        assert_eq!(
+            decode("0e"),
+            Err(Nixbase32DecodeError::CharacterNotInAlphabet('e', 1))
+        );
     }
 
     #[test]

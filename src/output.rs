@@ -17,7 +17,9 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Utf8Path) -> Result<Self> {
-        let name = dest.file_name().with_context(|| format!("output {dest} has no file name"))?;
+        let name = dest
+            .file_name()
+            .with_context(|| format!("output {dest} has no file name"))?;
         let dir = match dest.parent() {
             Some(p) if !p.as_str().is_empty() => p.to_owned(),
             _ => Utf8PathBuf::from("."),
@@ -26,7 +28,11 @@ impl AtomicFile {
         let file = File::create(&tmp).with_context(|| {
             format!("cannot create {tmp} (the temporary file for {dest}); does {dir} exist and is it writable?")
         })?;
-        Ok(AtomicFile { tmp, dest: dest.to_owned(), file: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(AtomicFile {
+            tmp,
+            dest: dest.to_owned(),
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
     }
 
     pub fn path(&self) -> &Utf8Path {
@@ -36,8 +42,12 @@ impl AtomicFile {
     /// Flush, sync and rename into place.
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().context("output already committed")?;
-        let file = file.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", self.tmp))?;
-        file.sync_all().with_context(|| format!("cannot write {}", self.tmp))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", self.tmp))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", self.tmp))?;
         std::fs::rename(&self.tmp, &self.dest)
             .with_context(|| format!("cannot rename {} to {}", self.tmp, self.dest))?;
         Ok(())
@@ -47,8 +57,11 @@ impl AtomicFile {
     /// stale bytes past its real end).
     pub fn truncate(&mut self, len: u64) -> Result<()> {
         let f = self.file.as_mut().context("output already committed")?;
-        f.flush().with_context(|| format!("cannot write {}", self.tmp))?;
-        f.get_ref().set_len(len).with_context(|| format!("cannot truncate {}", self.tmp))
+        f.flush()
+            .with_context(|| format!("cannot write {}", self.tmp))?;
+        f.get_ref()
+            .set_len(len)
+            .with_context(|| format!("cannot truncate {}", self.tmp))
     }
 
     /// Set the permission bits before the commit.

@@ -37,10 +37,20 @@ pub fn mib(b: u64) -> String {
 
 impl Progress {
     /// `what` names the work; `total_files` and `total_bytes` are the goal.
-    pub fn start(what: &'static str, quiet: bool, counters: Arc<Counters>, total_files: u64, total_bytes: u64) -> Self {
+    pub fn start(
+        what: &'static str,
+        quiet: bool,
+        counters: Arc<Counters>,
+        total_files: u64,
+        total_bytes: u64,
+    ) -> Self {
         let thread = (!quiet).then(|| {
             let c = Arc::clone(&counters);
-            let every = if std::io::stderr().is_terminal() { Duration::from_secs(1) } else { Duration::from_secs(10) };
+            let every = if std::io::stderr().is_terminal() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(10)
+            };
             std::thread::spawn(move || {
                 let start = Instant::now();
                 let mut next = start + every;

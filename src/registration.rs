@@ -38,7 +38,11 @@ pub struct PathInfo {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RegistrationError {
     #[error("line {line}: the file ends where {expected} of {path} was expected")]
-    UnexpectedEnd { line: usize, expected: &'static str, path: String },
+    UnexpectedEnd {
+        line: usize,
+        expected: &'static str,
+        path: String,
+    },
     #[error("line {line}: {source}")]
     InvalidPath { line: usize, source: StorePathError },
     #[error("line {line}: bad NAR hash: {source}")]
@@ -61,17 +65,23 @@ struct Lines<'a> {
 impl<'a> Lines<'a> {
     /// The next line and its 1-based number, unless the file has ended.
     fn try_next(&mut self) -> Option<(usize, &'a str)> {
-        self.iter.next().filter(|(i, _)| *i < self.last).map(|(i, l)| (i + 1, l))
+        self.iter
+            .next()
+            .filter(|(i, _)| *i < self.last)
+            .map(|(i, l)| (i + 1, l))
     }
 
-    fn next(&mut self, expected: &'static str, path: &str) -> Result<(usize, &'a str), RegistrationError> {
-        self.try_next().ok_or_else(|| {
-            RegistrationError::UnexpectedEnd {
+    fn next(
+        &mut self,
+        expected: &'static str,
+        path: &str,
+    ) -> Result<(usize, &'a str), RegistrationError> {
+        self.try_next()
+            .ok_or_else(|| RegistrationError::UnexpectedEnd {
                 line: self.last + 1,
                 expected,
                 path: path.to_owned(),
-            }
-        })
+            })
     }
 }
 
@@ -79,8 +89,15 @@ impl<'a> Lines<'a> {
 pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
     // A final newline ends the last line; it does not start an empty one.
     let body = text.strip_suffix('\n').unwrap_or(text);
-    let last = if body.is_empty() { 0 } else { body.split('\n').count() };
-    let mut lines = Lines { iter: body.split('\n').enumerate(), last };
+    let last = if body.is_empty() {
+        0
+    } else {
+        body.split('\n').count()
+    };
+    let mut lines = Lines {
+        iter: body.split('\n').enumerate(),
+        last,
+    };
     let mut infos = Vec::new();
     while let Some((line, path)) = lines.try_next() {
         let path = StorePath::from_absolute_path(path)
@@ -88,13 +105,14 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
         let p = path.to_absolute_path();
 
         let (line, hash) = lines.next("the NAR hash", &p)?;
-        let nar_hash =
-            NixHash::parse(hash).map_err(|source| RegistrationError::InvalidHash { line, source })?;
+        let nar_hash = NixHash::parse(hash)
+            .map_err(|source| RegistrationError::InvalidHash { line, source })?;
 
         let (line, size) = lines.next("the NAR size", &p)?;
-        let nar_size = size
-            .parse()
-            .map_err(|_| RegistrationError::InvalidSize { line, text: size.to_owned() })?;
+        let nar_size = size.parse().map_err(|_| RegistrationError::InvalidSize {
+            line,
+            text: size.to_owned(),
+        })?;
 
         let (line, deriver) = lines.next("the deriver line", &p)?;
         let deriver = match deriver {
@@ -106,9 +124,10 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
         };
 
         let (line, count) = lines.next("the reference count", &p)?;
-        let count: usize = count
-            .parse()
-            .map_err(|_| RegistrationError::InvalidCount { line, text: count.to_owned() })?;
+        let count: usize = count.parse().map_err(|_| RegistrationError::InvalidCount {
+            line,
+            text: count.to_owned(),
+        })?;
 
         let mut references = Vec::with_capacity(count.min(4096));
         for _ in 0..count {
@@ -118,7 +137,13 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
                     .map_err(|source| RegistrationError::InvalidReference { line, source })?,
             );
         }
-        infos.push(PathInfo { path, nar_hash, nar_size, deriver, references });
+        infos.push(PathInfo {
+            path,
+            nar_hash,
+            nar_size,
+            deriver,
+            references,
+        });
     }
     Ok(infos)
 }
@@ -162,7 +187,10 @@ mod tests {
         let infos = parse(&sample()).expect("valid");
         assert_eq!(infos.len(), 2);
         assert_eq!(infos[0].references.len(), 2);
-        assert_eq!(infos[1].deriver.as_ref().map(|d| d.to_string()), Some(A.to_owned()));
+        assert_eq!(
+            infos[1].deriver.as_ref().map(|d| d.to_string()),
+            Some(A.to_owned())
+        );
         let text = Registration(&infos).to_string();
         assert_eq!(text, sample());
         assert_eq!(parse(&text).expect("reparse"), infos);
@@ -171,7 +199,10 @@ mod tests {
     #[test]
     fn no_trailing_newline() {
         let s = sample();
-        assert_eq!(parse(s.trim_end()).expect("valid"), parse(&s).expect("valid"));
+        assert_eq!(
+            parse(s.trim_end()).expect("valid"),
+            parse(&s).expect("valid")
+        );
     }
 
     #[test]
@@ -196,14 +227,24 @@ mod tests {
         let e = err(format!("{A}\n{H}\n120\n\n2\n{A}\n"));
         assert_eq!(
             e,
-            RegistrationError::UnexpectedEnd { line: 7, expected: "a reference", path: A.into() }
+            RegistrationError::UnexpectedEnd {
+                line: 7,
+                expected: "a reference",
+                path: A.into()
+            }
         );
-        assert_eq!(e.to_string(), format!("line 7: the file ends where a reference of {A} was expected"));
+        assert_eq!(
+            e.to_string(),
+            format!("line 7: the file ends where a reference of {A} was expected")
+        );
     }
 
     #[test]
     fn invalid_path() {
-        assert!(matches!(err(format!("/tmp/x\n{H}\n")), RegistrationError::InvalidPath { line: 1, .. }));
+        assert!(matches!(
+            err(format!("/tmp/x\n{H}\n")),
+            RegistrationError::InvalidPath { line: 1, .. }
+        ));
     }
 
     #[test]

@@ -20,12 +20,23 @@ fn load(c: &ClosureArgs) -> Result<Closure> {
 }
 
 fn initrd_opts(c: InitrdCompression, level: Option<u32>, cli: &Cli) -> Result<initrd::Options> {
-    Ok(initrd::Options { compression: c, level: c.level(level)?, jobs: jobs(cli.jobs), quiet: cli.quiet })
+    Ok(initrd::Options {
+        compression: c,
+        level: c.level(level)?,
+        jobs: jobs(cli.jobs),
+        quiet: cli.quiet,
+    })
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Squashfs { closure, output, compression, level, block_size } => {
+        Command::Squashfs {
+            closure,
+            output,
+            compression,
+            level,
+            block_size,
+        } => {
             let c = load(closure)?;
             let opts = squashfs::Options {
                 compression: *compression,
@@ -36,10 +47,30 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             squashfs::build(&c, &closure.root, output, &opts)?;
         }
-        Command::Initrd { output, prepend, files, compression, level } => {
-            initrd::build(output, prepend, files, &initrd_opts(*compression, *level, &cli)?)?;
+        Command::Initrd {
+            output,
+            prepend,
+            files,
+            compression,
+            level,
+        } => {
+            initrd::build(
+                output,
+                prepend,
+                files,
+                &initrd_opts(*compression, *level, &cli)?,
+            )?;
         }
-        Command::Tree { closure, toplevel, kernel, prepend_initrd, kernel_params, output, squashfs, initrd } => {
+        Command::Tree {
+            closure,
+            toplevel,
+            kernel,
+            prepend_initrd,
+            kernel_params,
+            output,
+            squashfs,
+            initrd,
+        } => {
             let c = load(closure)?;
             let opts = tree::TreeOptions {
                 root: &closure.root,
@@ -58,22 +89,40 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             tree::build(&c, output, &opts)?;
         }
-        Command::Script { toplevel, initrd, kernel_params, ipxe, output } => {
-            let initrd_bytes = std::fs::metadata(initrd).with_context(|| format!("cannot read {initrd}"))?.len();
+        Command::Script {
+            toplevel,
+            initrd,
+            kernel_params,
+            ipxe,
+            output,
+        } => {
+            let initrd_bytes = std::fs::metadata(initrd)
+                .with_context(|| format!("cannot read {initrd}"))?
+                .len();
             let spec = script::BootSpec {
                 toplevel,
                 kernel_params,
                 initrd_bytes,
                 unpacked_bytes: tree::unpacked_size(std::slice::from_ref(initrd))?,
             };
-            let (text, mode) =
-                if *ipxe { (script::netboot_ipxe(&spec), 0o644) } else { (script::kexec_boot(&spec), 0o755) };
+            let (text, mode) = if *ipxe {
+                (script::netboot_ipxe(&spec), 0o644)
+            } else {
+                (script::kexec_boot(&spec), 0o755)
+            };
             tree::write_file(output, text.as_bytes(), mode)?;
         }
-        Command::Tarball { tree, kexec, level, output } => {
+        Command::Tarball {
+            tree,
+            kexec,
+            level,
+            output,
+        } => {
             tarball::build(tree, output, kexec.as_deref(), *level)?;
         }
-        Command::Inspect { file } => inspect::inspect(Utf8Path::new(file), &mut std::io::stdout().lock())?,
+        Command::Inspect { file } => {
+            inspect::inspect(Utf8Path::new(file), &mut std::io::stdout().lock())?
+        }
     }
     Ok(())
 }

@@ -74,10 +74,21 @@ mod tests {
     #[test]
     fn placeholders_filled() {
         let params = vec!["console=ttyS0".to_owned(), "x='$(reboot)'".to_owned()];
-        let spec = BootSpec { toplevel: "/nix/store/x-sys", kernel_params: &params, initrd_bytes: 1, unpacked_bytes: 2 };
+        let spec = BootSpec {
+            toplevel: "/nix/store/x-sys",
+            kernel_params: &params,
+            initrd_bytes: 1,
+            unpacked_bytes: 2,
+        };
         let s = kexec_boot(&spec);
         assert!(!s.contains('@'), "{s}");
-        assert!(s.contains(r#"params='console=ttyS0 x='\''$(reboot)'\'''"#), "{s}");
-        assert!(netboot_ipxe(&spec).contains("init=/nix/store/x-sys/init initrd=initrd.gz console=ttyS0"));
+        assert!(
+            s.contains(r#"params='console=ttyS0 x='\''$(reboot)'\'''"#),
+            "{s}"
+        );
+        assert!(
+            netboot_ipxe(&spec)
+                .contains("init=/nix/store/x-sys/init initrd=initrd.gz console=ttyS0")
+        );
     }
 }

@@ -93,9 +93,19 @@ impl Options {
     fn level(&self) -> Result<u32> {
         let c = self.compression;
         let level = self.level.unwrap_or(c.default_level());
+        if c.levels() == (0..=0) && self.level.is_some() {
+            bail!(
+                "{} squashfs compression takes no level; leave --level out",
+                format!("{c:?}").to_lowercase()
+            );
+        }
         if !c.levels().contains(&level) {
             let r = c.levels();
-            bail!("level {level} is out of range for {c:?} squashfs compression (use {} to {})", r.start(), r.end());
+            bail!(
+                "level {level} is out of range for {c:?} squashfs compression (use {} to {})",
+                r.start(),
+                r.end()
+            );
         }
         Ok(level)
     }
@@ -103,7 +113,9 @@ impl Options {
     fn check_block_size(&self) -> Result<()> {
         let b = self.block_size;
         if !(4096..=DEFAULT_BLOCK_SIZE).contains(&b) || !b.is_power_of_two() {
-            bail!("block size {b} is invalid: use a power of two from 4096 to 1048576 (1 MiB, the default)");
+            bail!(
+                "block size {b} is invalid: use a power of two from 4096 to 1048576 (1 MiB, the default)"
+            );
         }
         Ok(())
     }
@@ -113,7 +125,12 @@ impl Options {
         use backhand::v4::compressor::XzFilter;
         let level = self.level()?;
         let (id, options) = match self.compression {
-            SquashfsCompression::Zstd => (Compressor::Zstd, Some(O::Zstd(Zstd { compression_level: level }))),
+            SquashfsCompression::Zstd => (
+                Compressor::Zstd,
+                Some(O::Zstd(Zstd {
+                    compression_level: level,
+                })),
+            ),
             // mksquashfs -comp xz -Xdict-size 100%: the dictionary is a block.
             SquashfsCompression::Xz => (
                 Compressor::Xz,
@@ -126,17 +143,29 @@ impl Options {
             ),
             SquashfsCompression::Gzip => (
                 Compressor::Gzip,
-                Some(O::Gzip(Gzip { compression_level: level, window_size: 15, strategies: 0 })),
+                Some(O::Gzip(Gzip {
+                    compression_level: level,
+                    window_size: 15,
+                    strategies: 0,
+                })),
             ),
             // Version 1 is the only lz4 format the kernel reads (LZ4_LEGACY).
-            SquashfsCompression::Lz4 => (Compressor::Lz4, Some(O::Lz4(Lz4 { version: 1, flags: 0 }))),
+            SquashfsCompression::Lz4 => (
+                Compressor::Lz4,
+                Some(O::Lz4(Lz4 {
+                    version: 1,
+                    flags: 0,
+                })),
+            ),
             SquashfsCompression::None => (Compressor::Gzip, None),
         };
-        let mut fc = FilesystemCompressor::new(id, options).context("invalid compression options")?;
+        let mut fc =
+            FilesystemCompressor::new(id, options).context("invalid compression options")?;
         if self.compression == SquashfsCompression::Xz {
             let mut xz = ExtraXz::default();
             xz.level(level).context("invalid xz level")?;
-            fc.extra(CompressionExtra::Xz(xz)).context("invalid xz options")?;
+            fc.extra(CompressionExtra::Xz(xz))
+                .context("invalid xz options")?;
         }
         Ok(fc)
     }
@@ -153,11 +182,21 @@ impl CompressionAction for MkCompressor {
     type FilesystemCompressor = FilesystemCompressor;
     type SuperBlock = SuperBlock;
 
-    fn decompress(&self, bytes: &[u8], out: &mut Vec<u8>, c: Compressor) -> Result<(), BackhandError> {
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        c: Compressor,
+    ) -> Result<(), BackhandError> {
         DefaultCompressor.decompress(bytes, out, c)
     }
 
-    fn compress(&self, bytes: &[u8], fc: FilesystemCompressor, block_size: u32) -> Result<Vec<u8>, BackhandError> {
+    fn compress(
+        &self,
+        bytes: &[u8],
+        fc: FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, BackhandError> {
         if self.store_only {
             // backhand stores a block as is when its compressed form is longer.
             return Ok(vec![0; bytes.len() + 1]);
@@ -187,7 +226,9 @@ struct LazyReader {
 
 impl Read for LazyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let wrap = |e: io::Error, path: &Path| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let wrap = |e: io::Error, path: &Path| {
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        };
         if self.file.is_none() {
             if self.read > 0 {
                 return Ok(0);
@@ -195,7 +236,9 @@ impl Read for LazyReader {
             self.file = Some(File::open(&self.path).map_err(|e| wrap(e, &self.path))?);
             self.counters.add_file();
         }
-        let Some(file) = self.file.as_mut() else { return Ok(0) };
+        let Some(file) = self.file.as_mut() else {
+            return Ok(0);
+        };
         let n = file.read(buf).map_err(|e| wrap(e, &self.path))?;
         self.read += n as u64;
         self.counters.add_bytes(n as u64);
@@ -239,17 +282,25 @@ impl Walker {
     /// Add `src` at `dest` in the image, recursing into directories in
     /// byte order of their names.
     fn add(&mut self, src: &Path, dest: &Path) -> Result<()> {
-        let meta = std::fs::symlink_metadata(src).with_context(|| format!("cannot stat {}", src.display()))?;
+        let meta = std::fs::symlink_metadata(src)
+            .with_context(|| format!("cannot stat {}", src.display()))?;
         let ft = meta.file_type();
         let h = header(meta.permissions().mode());
         let ctx = || format!("cannot add {} to the image", src.display());
         if ft.is_symlink() {
-            let target = std::fs::read_link(src).with_context(|| format!("cannot read symlink {}", src.display()))?;
+            let target = std::fs::read_link(src)
+                .with_context(|| format!("cannot read symlink {}", src.display()))?;
             self.fs.push_symlink(target, dest, h).with_context(ctx)?;
             self.stats.symlinks += 1;
         } else if ft.is_file() {
             let size = meta.len();
-            let reader = LazyReader { path: src.to_owned(), size, read: 0, file: None, counters: Arc::clone(&self.counters) };
+            let reader = LazyReader {
+                path: src.to_owned(),
+                size,
+                read: 0,
+                file: None,
+                counters: Arc::clone(&self.counters),
+            };
             self.fs.push_file(reader, dest, h).with_context(ctx)?;
             self.stats.files += 1;
             self.stats.bytes += size;
@@ -275,21 +326,30 @@ impl Walker {
             } else {
                 "of an unknown type"
             };
-            bail!("{} is {kind}; a Nix store holds only files, directories and symlinks", src.display());
+            bail!(
+                "{} is {kind}; a Nix store holds only files, directories and symlinks",
+                src.display()
+            );
         }
         Ok(())
     }
 }
 
 /// Build the image of `closure`, whose store lies below `root`, at `output`.
-pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Options) -> Result<Stats> {
+pub fn build(
+    closure: &Closure,
+    root: &Utf8Path,
+    output: &Utf8Path,
+    opts: &Options,
+) -> Result<Stats> {
     opts.check_block_size()?;
     let fc = opts.fs_compressor()?;
     closure.check_present(root)?;
 
     // One per build; backhand wants the compressor for the program's lifetime.
-    let compressor: &'static MkCompressor =
-        Box::leak(Box::new(MkCompressor { store_only: opts.compression == SquashfsCompression::None }));
+    let compressor: &'static MkCompressor = Box::leak(Box::new(MkCompressor {
+        store_only: opts.compression == SquashfsCompression::None,
+    }));
     let registration = closure.registration();
 
     let counters = Arc::new(Counters::default());
@@ -304,10 +364,18 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
     fs.set_root_gid(0);
     fs.set_only_root_id();
     fs.set_no_duplicate_files(true);
-    let mut w = Walker { fs, counters: Arc::clone(&counters), stats: Stats::default() };
+    let mut w = Walker {
+        fs,
+        counters: Arc::clone(&counters),
+        stats: Stats::default(),
+    };
 
-    w.fs.push_file(io::Cursor::new(registration.into_bytes()), "nix-path-registration", header(0o644))
-        .context("cannot add nix-path-registration")?;
+    w.fs.push_file(
+        io::Cursor::new(registration.into_bytes()),
+        "nix-path-registration",
+        header(0o644),
+    )
+    .context("cannot add nix-path-registration")?;
     for info in &closure.paths {
         let src = closure.source(root, &info.path);
         w.add(src.as_std_path(), Path::new(info.path.base_name()))?;
@@ -316,7 +384,9 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
 
     let mut out = AtomicFile::create(output)?;
     let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
-    let (_, len) = fs.write(&mut out).with_context(|| format!("cannot write squashfs {output}"))?;
+    let (_, len) = fs
+        .write(&mut out)
+        .with_context(|| format!("cannot write squashfs {output}"))?;
     // backhand writes a duplicate file's data, then seeks back over it; when
     // that was the last data, stale bytes stay past the image's end.
     out.truncate(len)?;

@@ -62,9 +62,13 @@ impl StorePath {
         let (hash, rest) = base.split_at(ENCODED_DIGEST_SIZE);
         nixbase32::decode_fixed::<DIGEST_SIZE>(hash)
             .map_err(|e| StorePathError::InvalidHash(base.to_owned(), e))?;
-        let name = rest.strip_prefix('-').ok_or_else(|| StorePathError::MissingDash(base.to_owned()))?;
+        let name = rest
+            .strip_prefix('-')
+            .ok_or_else(|| StorePathError::MissingDash(base.to_owned()))?;
         validate_name(name).map_err(|why| StorePathError::InvalidName(base.to_owned(), why))?;
-        Ok(StorePath { base: base.to_owned() })
+        Ok(StorePath {
+            base: base.to_owned(),
+        })
     }
 
     /// `<hash>-<name>`: the entry name at the squashfs root.
@@ -91,7 +95,10 @@ fn validate_name(name: &str) -> Result<(), &'static str> {
     if name == "." || name == ".." {
         return Err("it is `.` or `..`");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+    {
         return Err("only A-Z a-z 0-9 and + - . _ ? = are allowed");
     }
     Ok(())
@@ -147,7 +154,10 @@ mod tests {
     fn invalid_name() {
         for bad in ["a b", "..", "x/y", "é"] {
             let e = StorePath::from_absolute_path(&format!("{}-{bad}", &GOOD[..43]));
-            assert!(matches!(e, Err(StorePathError::InvalidName(..))), "{bad}: {e:?}");
+            assert!(
+                matches!(e, Err(StorePathError::InvalidName(..))),
+                "{bad}: {e:?}"
+            );
         }
         let long = "a".repeat(212);
         let e = StorePath::from_absolute_path(&format!("{}-{long}", &GOOD[..43]));

@@ -20,7 +20,8 @@ use crate::tree::FILES;
 
 fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
     let mut h = tar::Header::new_gnu();
-    h.set_path(path).with_context(|| format!("bad tar path {path}"))?;
+    h.set_path(path)
+        .with_context(|| format!("bad tar path {path}"))?;
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_uid(0);
@@ -31,7 +32,12 @@ fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar:
     Ok(h)
 }
 
-pub fn build(tree: &Utf8Path, output: &Utf8Path, kexec: Option<&Utf8Path>, level: u32) -> Result<()> {
+pub fn build(
+    tree: &Utf8Path,
+    output: &Utf8Path,
+    kexec: Option<&Utf8Path>,
+    level: u32,
+) -> Result<()> {
     for (f, _) in FILES {
         if !tree.join(f).is_file() {
             bail!("{tree} is not a kexec tree: {f} is missing (make one with `mkkexec tree`)");
@@ -41,13 +47,23 @@ pub fn build(tree: &Utf8Path, output: &Utf8Path, kexec: Option<&Utf8Path>, level
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {parent}"))?;
     }
     let out = AtomicFile::create(output)?;
-    let gz = flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(level));
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(out, flate2::Compression::new(level));
     let mut tar = tar::Builder::new(gz);
     let dir = |tar: &mut tar::Builder<_>, p: &str| -> Result<()> {
-        tar.append(&header(p, 0o755, 0, tar::EntryType::Directory)?, io::empty())
-            .with_context(|| format!("cannot write {output}"))
+        tar.append(
+            &header(p, 0o755, 0, tar::EntryType::Directory)?,
+            io::empty(),
+        )
+        .with_context(|| format!("cannot write {output}"))
     };
-    let file = |tar: &mut tar::Builder<_>, p: &str, mode: u32, size: u64, data: &mut dyn Read| -> Result<()> {
+    let file = |tar: &mut tar::Builder<_>,
+                p: &str,
+                mode: u32,
+                size: u64,
+                data: &mut dyn Read|
+     -> Result<()> {
         tar.append(&header(p, mode, size, tar::EntryType::Regular)?, data)
             .with_context(|| format!("cannot write {output}"))
     };
@@ -64,6 +80,10 @@ pub fn build(tree: &Utf8Path, output: &Utf8Path, kexec: Option<&Utf8Path>, level
     if let Some(k) = kexec {
         add(k, "kexec", 0o755)?;
     }
-    let gz = tar.into_inner().with_context(|| format!("cannot write {output}"))?;
-    gz.finish().with_context(|| format!("cannot write {output}"))?.commit()
+    let gz = tar
+        .into_inner()
+        .with_context(|| format!("cannot write {output}"))?;
+    gz.finish()
+        .with_context(|| format!("cannot write {output}"))?
+        .commit()
 }

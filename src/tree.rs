@@ -45,7 +45,8 @@ pub struct TreeOptions<'a> {
 /// Write a file of the tree with `mode`.
 pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    f.write_all(contents).with_context(|| format!("cannot write {path}"))?;
+    f.write_all(contents)
+        .with_context(|| format!("cannot write {path}"))?;
     f.set_mode(mode)?;
     f.commit()
 }
@@ -54,7 +55,10 @@ pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
 pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
     let mut total = 0;
     for p in paths {
-        total += initrd::scan(p)?.iter().map(initrd::Segment::unpacked_size).sum::<u64>();
+        total += initrd::scan(p)?
+            .iter()
+            .map(initrd::Segment::unpacked_size)
+            .sum::<u64>();
     }
     Ok(total)
 }
@@ -63,15 +67,22 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     let toplevel = crate::store_path::StorePath::from_absolute_path(opts.toplevel)
         .with_context(|| format!("--toplevel {}", opts.toplevel))?;
     if !closure.paths.iter().any(|p| p.path == toplevel) {
-        bail!("--toplevel {toplevel} is not in the closure; pass the closure of the system's toplevel");
+        bail!(
+            "--toplevel {toplevel} is not in the closure; pass the closure of the system's toplevel"
+        );
     }
     if !opts.kernel.is_file() {
-        bail!("--kernel {} is not a file (the bzImage / Image of the system's kernel)", opts.kernel);
+        bail!(
+            "--kernel {} is not a file (the bzImage / Image of the system's kernel)",
+            opts.kernel
+        );
     }
     if out.exists() && !out.join("kexec-boot").exists() {
         bail!("{out} exists and is not a kexec tree; remove it or choose another --output");
     }
-    let name = out.file_name().with_context(|| format!("--output {out} has no directory name"))?;
+    let name = out
+        .file_name()
+        .with_context(|| format!("--output {out} has no directory name"))?;
     let parent = match out.parent() {
         Some(p) if !p.as_str().is_empty() => p.to_owned(),
         _ => Utf8PathBuf::from("."),
@@ -83,7 +94,8 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
         return Err(e);
     }
     if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("cannot replace the old tree {out}"))?;
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("cannot replace the old tree {out}"))?;
     }
     std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {tmp} to {out}"))?;
     Ok(())
@@ -93,19 +105,25 @@ fn build_in(closure: &Closure, dir: &Utf8Path, opts: &TreeOptions, toplevel: &st
     std::fs::create_dir(dir).with_context(|| format!("cannot create {dir}"))?;
     let img = dir.join("nix-store.squashfs");
     squashfs::build(closure, opts.root, &img, &opts.squashfs)?;
-    let img_size = std::fs::metadata(&img).with_context(|| format!("cannot stat {img}"))?.len();
+    let img_size = std::fs::metadata(&img)
+        .with_context(|| format!("cannot stat {img}"))?
+        .len();
 
     let initrd_path = dir.join("initrd.gz");
     initrd::build(
         &initrd_path,
         opts.prepend_initrd,
-        &[FileSpec { src: img.clone(), dest: "/nix-store.squashfs".into() }],
+        &[FileSpec {
+            src: img.clone(),
+            dest: "/nix-store.squashfs".into(),
+        }],
         &opts.initrd,
     )?;
     std::fs::remove_file(&img).with_context(|| format!("cannot remove {img}"))?;
     let initrd_bytes = std::fs::metadata(&initrd_path)?.len();
 
-    let kernel = std::fs::read(opts.kernel).with_context(|| format!("cannot read kernel {}", opts.kernel))?;
+    let kernel = std::fs::read(opts.kernel)
+        .with_context(|| format!("cannot read kernel {}", opts.kernel))?;
     write_file(&dir.join("bzImage"), &kernel, 0o644)?;
 
     let spec = BootSpec {
@@ -114,10 +132,22 @@ fn build_in(closure: &Closure, dir: &Utf8Path, opts: &TreeOptions, toplevel: &st
         initrd_bytes,
         unpacked_bytes: img_size + unpacked_size(opts.prepend_initrd)?,
     };
-    write_file(&dir.join("kexec-boot"), script::kexec_boot(&spec).as_bytes(), 0o755)?;
-    write_file(&dir.join("netboot.ipxe"), script::netboot_ipxe(&spec).as_bytes(), 0o644)?;
+    write_file(
+        &dir.join("kexec-boot"),
+        script::kexec_boot(&spec).as_bytes(),
+        0o755,
+    )?;
+    write_file(
+        &dir.join("netboot.ipxe"),
+        script::netboot_ipxe(&spec).as_bytes(),
+        0o644,
+    )?;
     std::fs::create_dir(dir.join("bin")).with_context(|| format!("cannot create {dir}/bin"))?;
-    write_file(&dir.join("bin/nixos-kexec"), script::NIXOS_KEXEC.as_bytes(), 0o755)?;
+    write_file(
+        &dir.join("bin/nixos-kexec"),
+        script::NIXOS_KEXEC.as_bytes(),
+        0o755,
+    )?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }

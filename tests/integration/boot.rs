@@ -34,7 +34,9 @@ fn kernel_dir() -> Utf8PathBuf {
 }
 
 fn work_dir(name: &str) -> Utf8PathBuf {
-    let d = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot").join(name);
+    let d = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("boot")
+        .join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("mkdir");
     d
@@ -50,10 +52,22 @@ fn stage1() -> &'static Utf8Path {
         let dir = work_dir("stage1");
         let out = dir.join("stage1.gz");
         let mut c = mkkexec();
-        c.args(["initrd", "-q", "--compression", "gzip", "--file", "/bin/busybox:/bin/busybox", "--file"])
-            .arg(format!("{}/tests/fixture/stage1-init:/init", env!("CARGO_MANIFEST_DIR")));
+        c.args([
+            "initrd",
+            "-q",
+            "--compression",
+            "gzip",
+            "--file",
+            "/bin/busybox:/bin/busybox",
+            "--file",
+        ])
+        .arg(format!(
+            "{}/tests/fixture/stage1-init:/init",
+            env!("CARGO_MANIFEST_DIR")
+        ));
         for m in ["loop", "squashfs", "overlay"] {
-            c.arg("--file").arg(format!("{k}/modules/{m}.ko:/lib/modules/{m}.ko"));
+            c.arg("--file")
+                .arg(format!("{k}/modules/{m}.ko:/lib/modules/{m}.ko"));
         }
         ok(c.arg("-o").arg(&out));
         out
@@ -77,11 +91,30 @@ fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib:
     require("qemu-system-x86_64", "qemu-system-x86");
     require("timeout", "coreutils");
     let log = work_dir(&format!("log-{name}")).join("serial.log");
-    let accel = if std::env::var("MKKEXEC_TEST_KVM").as_deref() == Ok("1") { "kvm" } else { "tcg" };
+    let accel = if std::env::var("MKKEXEC_TEST_KVM").as_deref() == Ok("1") {
+        "kvm"
+    } else {
+        "tcg"
+    };
     let status = Command::new("timeout")
-        .args(["--kill-after=10", "300", "qemu-system-x86_64", "-accel", accel, "-m"])
+        .args([
+            "--kill-after=10",
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            accel,
+            "-m",
+        ])
         .arg(mem_mib.to_string())
-        .args(["-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot", "-serial"])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-serial",
+        ])
         .arg(format!("file:{log}"))
         .arg("-kernel")
         .arg(kernel)
@@ -92,14 +125,23 @@ fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib:
         .stdin(std::process::Stdio::null())
         .status()
         .expect("spawn qemu");
-    let text = std::fs::read_to_string(&log).unwrap_or_default().replace('\r', "");
-    assert!(status.code() != Some(124) && status.code() != Some(137), "{name}: VM timed out\n{}", tail(&text));
+    let text = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .replace('\r', "");
+    assert!(
+        status.code() != Some(124) && status.code() != Some(137),
+        "{name}: VM timed out\n{}",
+        tail(&text)
+    );
     text
 }
 
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
-    format!("--- last lines of the serial log ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
+    format!(
+        "--- last lines of the serial log ---\n{}",
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    )
 }
 
 fn assert_booted(name: &str, log: &str) {
@@ -158,8 +200,11 @@ fn host_initrd(name: &str, tarball: &Utf8Path, disable_kexec: bool) -> Utf8PathB
     std::fs::create_dir_all(root.join("bin")).expect("mkdir");
     std::fs::create_dir_all(root.join("etc")).expect("mkdir");
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
-    std::fs::copy(format!("{}/tests/fixture/host-init", env!("CARGO_MANIFEST_DIR")), root.join("init"))
-        .expect("init");
+    std::fs::copy(
+        format!("{}/tests/fixture/host-init", env!("CARGO_MANIFEST_DIR")),
+        root.join("init"),
+    )
+    .expect("init");
     if disable_kexec {
         std::fs::write(root.join("etc/disable-kexec"), "").expect("write");
     }
@@ -169,7 +214,9 @@ fn host_initrd(name: &str, tarball: &Utf8Path, disable_kexec: bool) -> Utf8PathB
     ));
     sh(&format!("tar -xzf {tarball} -C {root}"));
     let out = dir.join("host.cpio");
-    sh(&format!("cd {root} && find . | sort | cpio -o -H newc --quiet > {out}"));
+    sh(&format!(
+        "cd {root} && find . | sort | cpio -o -H newc --quiet > {out}"
+    ));
     out
 }
 
@@ -180,27 +227,52 @@ fn hop_tarball() -> Utf8PathBuf {
     args.push(("kexec", kexec.trim().to_owned()));
     let out = build_fixture("tarball", &args);
     let system = sh("uname -m");
-    out.join(format!("tarball/nixos-system-{}-linux.tar.gz", system.trim()))
+    out.join(format!(
+        "tarball/nixos-system-{}-linux.tar.gz",
+        system.trim()
+    ))
 }
 
 fn hop(name: &str, disable_kexec: bool, mem_mib: u32) -> String {
     let initrd = host_initrd(name, &hop_tarball(), disable_kexec);
-    qemu(name, &kernel_dir().join("vmlinuz"), &initrd, "console=ttyS0 panic=-1 quiet", mem_mib)
+    qemu(
+        name,
+        &kernel_dir().join("vmlinuz"),
+        &initrd,
+        "console=ttyS0 panic=-1 quiet",
+        mem_mib,
+    )
 }
 
 #[test]
 fn kexec_hop_from_a_foreign_host_boots_the_tarball() {
     let log = hop("hop", false, 1024);
-    assert!(log.contains("HOST-UP"), "the host did not boot\n{}", tail(&log));
-    assert!(!log.contains("HOST-STAYED-UP"), "nixos-kexec returned\n{}", tail(&log));
+    assert!(
+        log.contains("HOST-UP"),
+        "the host did not boot\n{}",
+        tail(&log)
+    );
+    assert!(
+        !log.contains("HOST-STAYED-UP"),
+        "nixos-kexec returned\n{}",
+        tail(&log)
+    );
     assert_booted("hop", &log);
-    assert!(log.contains("kexec-boot: starting the new kernel"), "{}", tail(&log));
+    assert!(
+        log.contains("kexec-boot: starting the new kernel"),
+        "{}",
+        tail(&log)
+    );
 }
 
 #[test]
 fn kexec_hop_refused_when_kexec_is_disabled() {
     let log = hop("hop-disabled", true, 1024);
-    assert!(log.contains("kexec is disabled on this machine"), "{}", tail(&log));
+    assert!(
+        log.contains("kexec is disabled on this machine"),
+        "{}",
+        tail(&log)
+    );
     assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(&log));
     assert!(!log.contains(MARKER));
 }
@@ -208,7 +280,11 @@ fn kexec_hop_refused_when_kexec_is_disabled() {
 #[test]
 fn kexec_hop_refused_without_enough_memory() {
     let log = hop("hop-small", false, 224);
-    assert!(log.contains("not enough memory: this image needs about"), "{}", tail(&log));
+    assert!(
+        log.contains("not enough memory: this image needs about"),
+        "{}",
+        tail(&log)
+    );
     assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(&log));
     assert!(!log.contains(MARKER));
 }

@@ -47,7 +47,10 @@ pub fn sh(script: &str) -> String {
 }
 
 pub fn tempdir() -> (TempDir, Utf8PathBuf) {
-    let t = tempfile::Builder::new().prefix("mkkexec-test").tempdir().expect("tempdir");
+    let t = tempfile::Builder::new()
+        .prefix("mkkexec-test")
+        .tempdir()
+        .expect("tempdir");
     let p = Utf8PathBuf::from_path_buf(t.path().to_owned()).expect("utf8 tempdir");
     (t, p)
 }
@@ -78,7 +81,9 @@ fn write(p: &Path, data: &[u8], mode: u32) {
 
 /// Deterministic pseudo-random bytes (incompressible).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -101,7 +106,11 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
 
     let l = store.join(&lib);
     std::fs::create_dir_all(l.join("lib")).expect("mkdir");
-    write(l.join("lib/libfoo.so.1").as_std_path(), &noise(300_000, 1), 0o555);
+    write(
+        l.join("lib/libfoo.so.1").as_std_path(),
+        &noise(300_000, 1),
+        0o555,
+    );
     symlink("libfoo.so.1", l.join("lib/libfoo.so")).expect("symlink");
 
     let d = store.join(&data);
@@ -109,14 +118,33 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
     std::fs::create_dir_all(d.join("empty-dir")).expect("mkdir");
     write(d.join("empty").as_std_path(), b"", 0o444);
     // Bigger than a 1 MiB block, compressible, and a copy of it.
-    let big: Vec<u8> = (0..2_500_000u32).flat_map(|i| (i / 7).to_le_bytes()).collect();
+    let big: Vec<u8> = (0..2_500_000u32)
+        .flat_map(|i| (i / 7).to_le_bytes())
+        .collect();
     write(d.join("big").as_std_path(), &big, 0o444);
     write(d.join("share/big-copy").as_std_path(), &big, 0o444);
     // Two identical small files.
-    write(d.join("share/dup1").as_std_path(), b"same contents\n", 0o444);
-    write(d.join("share/dup2").as_std_path(), b"same contents\n", 0o444);
-    write(d.join("share/deep/er/dir/file").as_std_path(), b"deep", 0o444);
-    write(d.join("share/odd name\nwith newline, 'quotes' & $dollar").as_std_path(), b"odd", 0o444);
+    write(
+        d.join("share/dup1").as_std_path(),
+        b"same contents\n",
+        0o444,
+    );
+    write(
+        d.join("share/dup2").as_std_path(),
+        b"same contents\n",
+        0o444,
+    );
+    write(
+        d.join("share/deep/er/dir/file").as_std_path(),
+        b"deep",
+        0o444,
+    );
+    write(
+        d.join("share/odd name\nwith newline, 'quotes' & $dollar")
+            .as_std_path(),
+        b"odd",
+        0o444,
+    );
     write(d.join("share/ünïcödé").as_std_path(), b"utf8", 0o444);
     write(d.join("share/setuid-like").as_std_path(), b"x", 0o4555);
     // A block of zeros (stored as a sparse hole) in the middle of a file.
@@ -125,15 +153,27 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
     sparse.extend(noise(100, 3));
     write(d.join("share/sparse").as_std_path(), &sparse, 0o444);
     symlink("../empty", d.join("share/rel-link")).expect("symlink");
-    symlink(format!("/nix/store/{lib}/lib/libfoo.so"), d.join("share/abs-link")).expect("symlink");
+    symlink(
+        format!("/nix/store/{lib}/lib/libfoo.so"),
+        d.join("share/abs-link"),
+    )
+    .expect("symlink");
     symlink("/nonexistent/dangling", d.join("share/dangling")).expect("symlink");
 
-    write(store.join(&single).as_std_path(), b"#!/bin/sh\necho single\n", 0o555);
+    write(
+        store.join(&single).as_std_path(),
+        b"#!/bin/sh\necho single\n",
+        0o555,
+    );
     symlink(format!("/nix/store/{single}"), store.join(&link)).expect("symlink");
 
     let s = store.join(&sys);
     std::fs::create_dir_all(&s).expect("mkdir");
-    write(s.join("init").as_std_path(), b"#!/bin/sh\necho init\n", 0o555);
+    write(
+        s.join("init").as_std_path(),
+        b"#!/bin/sh\necho init\n",
+        0o555,
+    );
     symlink(format!("/nix/store/{data}"), s.join("data")).expect("symlink");
     for p in [&lib, &data, &single, &link, &sys] {
         std::fs::set_permissions(store.join(p), std::fs::Permissions::from_mode(0o555)).ok();
@@ -167,7 +207,9 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
 /// `unsquashfs -lln` as `mode owner size name`, without times or the root.
 pub fn listing(img: &Utf8Path) -> String {
     require("unsquashfs", "squashfs-tools");
-    let out = ok(Command::new("unsquashfs").args(["-lln", "-d", "R"]).arg(img));
+    let out = ok(Command::new("unsquashfs")
+        .args(["-lln", "-d", "R"])
+        .arg(img));
     out.lines()
         .filter_map(|l| {
             let name = &l[l.find(" R/")? + 1..];
@@ -182,8 +224,10 @@ pub fn listing(img: &Utf8Path) -> String {
 /// permission bits, and contents or link target.
 pub fn describe(dir: &Path) -> Vec<String> {
     fn walk(dir: &Path, rel: &Path, out: &mut Vec<String>) {
-        let mut names: Vec<_> =
-            std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").file_name()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
         names.sort();
         for n in names {
             let p = dir.join(&n);
@@ -191,13 +235,19 @@ pub fn describe(dir: &Path) -> Vec<String> {
             let m = std::fs::symlink_metadata(&p).expect("stat");
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.push(format!("{} -> {}", r.display(), std::fs::read_link(&p).expect("link").display()));
+                out.push(format!(
+                    "{} -> {}",
+                    r.display(),
+                    std::fs::read_link(&p).expect("link").display()
+                ));
             } else if m.is_dir() {
                 out.push(format!("{}/ {mode:o}", r.display()));
                 walk(&p, &r, out);
             } else {
                 let data = std::fs::read(&p).expect("read");
-                let sum = data.iter().fold(0u64, |h, &b| h.wrapping_mul(1099511628211).wrapping_add(b as u64));
+                let sum = data.iter().fold(0u64, |h, &b| {
+                    h.wrapping_mul(1099511628211).wrapping_add(b as u64)
+                });
                 out.push(format!("{} {mode:o} {} {sum:x}", r.display(), data.len()));
             }
         }

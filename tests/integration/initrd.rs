@@ -1,6 +1,5 @@
 //! `mkkexec initrd` checked with cpio and the stand-alone decompressors.
 
-
 use crate::common::*;
 
 /// A stage-1 stand-in: a gzip'd newc cpio made by GNU cpio, odd length.
@@ -11,7 +10,9 @@ fn stage1(dir: &camino::Utf8Path) -> camino::Utf8PathBuf {
     std::fs::write(s.join("init"), "#!/bin/sh\n").expect("write");
     std::fs::write(s.join("etc/x"), "xyz").expect("write");
     let out = dir.join("stage1.cpio.gz");
-    sh(&format!("cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9 > {out}"));
+    sh(&format!(
+        "cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9 > {out}"
+    ));
     out
 }
 
@@ -24,7 +25,12 @@ fn initrd_every_compression_unpacks_after_the_prepended_one() {
     std::fs::write(&big, noise(3_000_000, 7)).expect("write");
     let small = dir.join("small");
     std::fs::write(&small, "hello\n").expect("write");
-    for (c, tool) in [("zstd", "zstd -dc"), ("gzip", "gzip -dc"), ("xz", "xz -dc"), ("none", "cat")] {
+    for (c, tool) in [
+        ("zstd", "zstd -dc"),
+        ("gzip", "gzip -dc"),
+        ("xz", "xz -dc"),
+        ("none", "cat"),
+    ] {
         let out = dir.join(format!("initrd.{c}"));
         ok(mkkexec()
             .args(["initrd", "-q", "--compression", c, "--prepend"])
@@ -36,27 +42,54 @@ fn initrd_every_compression_unpacks_after_the_prepended_one() {
             .arg("-o")
             .arg(&out));
         let bytes = std::fs::read(&out).expect("read");
-        assert_eq!(&bytes[..prefix.len()], &prefix[..], "{c}: prepended initrd changed");
+        assert_eq!(
+            &bytes[..prefix.len()],
+            &prefix[..],
+            "{c}: prepended initrd changed"
+        );
         let pad = (4 - prefix.len() % 4) % 4;
-        assert!(bytes[prefix.len()..prefix.len() + pad].iter().all(|&b| b == 0));
+        assert!(
+            bytes[prefix.len()..prefix.len() + pad]
+                .iter()
+                .all(|&b| b == 0)
+        );
         let tail = dir.join(format!("tail.{c}"));
         std::fs::write(&tail, &bytes[prefix.len() + pad..]).expect("write");
         let x = dir.join(format!("x.{c}"));
         std::fs::create_dir(&x).expect("mkdir");
         let list = sh(&format!("cd {x} && {tool} {tail} | cpio -idv --quiet 2>&1"));
-        assert_eq!(list.lines().collect::<Vec<_>>(), ["a", "a/b", "a/b/small", "nix-store.squashfs"], "{c}");
-        assert_eq!(std::fs::read(x.join("nix-store.squashfs")).expect("read"), std::fs::read(&big).expect("read"));
+        assert_eq!(
+            list.lines().collect::<Vec<_>>(),
+            ["a", "a/b", "a/b/small", "nix-store.squashfs"],
+            "{c}"
+        );
+        assert_eq!(
+            std::fs::read(x.join("nix-store.squashfs")).expect("read"),
+            std::fs::read(&big).expect("read")
+        );
         let verbose = sh(&format!("{tool} {tail} | cpio -tv --quiet -n"));
         for l in verbose.lines() {
-            assert!(l.contains(" 0        0 ") || l.contains(" 0 0 "), "{c}: not 0:0: {l}");
+            assert!(
+                l.contains(" 0        0 ") || l.contains(" 0 0 "),
+                "{c}: not 0:0: {l}"
+            );
         }
         if c == "xz" {
             let info = sh(&format!("xz --robot --list {tail}"));
-            assert!(info.contains("CRC32") && !info.contains("CRC64"), "the kernel needs CRC32: {info}");
+            assert!(
+                info.contains("CRC32") && !info.contains("CRC64"),
+                "the kernel needs CRC32: {info}"
+            );
         }
         let inspect = ok(mkkexec().arg("inspect").arg(&out));
-        assert!(inspect.starts_with("member at byte 0: gzip cpio, 4 entries"), "{inspect}");
-        assert!(inspect.contains(&format!("member at byte {}: ", prefix.len() + pad)), "{inspect}");
+        assert!(
+            inspect.starts_with("member at byte 0: gzip cpio, 4 entries"),
+            "{inspect}"
+        );
+        assert!(
+            inspect.contains(&format!("member at byte {}: ", prefix.len() + pad)),
+            "{inspect}"
+        );
     }
 }
 
@@ -66,25 +99,56 @@ fn initrd_is_reproducible() {
     let f = dir.join("f");
     std::fs::write(&f, noise(2_000_000, 1)).expect("write");
     let build = |out: &str, jobs: &str| {
-        ok(mkkexec().args(["initrd", "-q", "--jobs", jobs, "--file"]).arg(format!("{f}:/x")).arg("-o").arg(dir.join(out)));
+        ok(mkkexec()
+            .args(["initrd", "-q", "--jobs", jobs, "--file"])
+            .arg(format!("{f}:/x"))
+            .arg("-o")
+            .arg(dir.join(out)));
         std::fs::read(dir.join(out)).expect("read")
     };
-    assert!(build("a", "1") == build("b", "2"), "zstd output depends on the thread count");
+    assert!(
+        build("a", "1") == build("b", "2"),
+        "zstd output depends on the thread count"
+    );
 }
 
 #[test]
 fn initrd_errors_name_the_problem() {
     let (_t, dir) = tempdir();
-    let e = fails(mkkexec().args(["initrd", "--file", "nocolon", "-o"]).arg(dir.join("o")));
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--file", "nocolon", "-o"])
+            .arg(dir.join("o")),
+    );
     assert!(e.contains("is not SRC:DEST"), "{e}");
-    let e = fails(mkkexec().args(["initrd", "--file", "/nonexistent:/x", "-o"]).arg(dir.join("o")));
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--file", "/nonexistent:/x", "-o"])
+            .arg(dir.join("o")),
+    );
     assert!(e.contains("cannot read /nonexistent"), "{e}");
-    let e = fails(mkkexec().args(["initrd", "--file", "/etc/hostname:/../x", "-o"]).arg(dir.join("o")));
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--file", "/etc/hostname:/../x", "-o"])
+            .arg(dir.join("o")),
+    );
     assert!(e.contains("without . or .."), "{e}");
-    let e = fails(mkkexec().args(["initrd", "--compression", "xz", "--level", "12", "-o"]).arg(dir.join("o")));
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--compression", "xz", "--level", "12", "-o"])
+            .arg(dir.join("o")),
+    );
     assert!(e.contains("level 12 is out of range"), "{e}");
-    let e = fails(mkkexec().args(["initrd", "--prepend", "/nonexistent", "-o"]).arg(dir.join("o")));
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--prepend", "/nonexistent", "-o"])
+            .arg(dir.join("o")),
+    );
     assert!(e.contains("cannot open initrd /nonexistent"), "{e}");
     assert!(!dir.join("o").exists());
-    assert_eq!(std::fs::read_dir(&dir).expect("ls").count(), 0, "temporary files left behind");
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("ls").count(),
+        0,
+        "temporary files left behind"
+    );
 }

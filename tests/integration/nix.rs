@@ -51,7 +51,12 @@ pub fn build_fixture(attr: &str, args: &[(&str, String)]) -> Utf8PathBuf {
         c.args(["--arg", k, v]);
     }
     let out = ok(&mut c);
-    Utf8PathBuf::from(out.lines().last().expect("nix-build printed no path").trim())
+    Utf8PathBuf::from(
+        out.lines()
+            .last()
+            .expect("nix-build printed no path")
+            .trim(),
+    )
 }
 
 /// A stand-in kernel and stage 1 for builds that are not booted.
@@ -63,7 +68,10 @@ fn dummy_args() -> Vec<(&'static str, String)> {
         crate::tree::stage1_gz(&dir);
         dir
     });
-    vec![("kernel", dir.join("stage1/init").to_string()), ("initrd", dir.join("stage1.gz").to_string())]
+    vec![
+        ("kernel", dir.join("stage1/init").to_string()),
+        ("initrd", dir.join("stage1.gz").to_string()),
+    ]
 }
 
 #[test]
@@ -71,18 +79,37 @@ fn nix_closure_registration_loads_and_verifies_in_nix() {
     let (_t, dir) = tempdir();
     let json = build_fixture("closureJson", &dummy_args());
     let img = dir.join("store.img");
-    ok(mkkexec().args(["squashfs", "-q", "--level", "3", "--closure"]).arg(&json).arg("-o").arg(&img));
+    ok(mkkexec()
+        .args(["squashfs", "-q", "--level", "3", "--closure"])
+        .arg(&json)
+        .arg("-o")
+        .arg(&img));
 
     // Unpack the image as a chroot store and let Nix check every NAR hash.
     let store = dir.join("chroot/nix/store");
     std::fs::create_dir_all(store.parent().expect("parent")).expect("mkdir");
-    ok(Command::new("unsquashfs").args(["-no-progress", "-d"]).arg(&store).arg(&img));
-    let reg = std::fs::File::open(store.join("nix-path-registration")).expect("registration in the image");
-    ok(nix("nix-store").arg("--store").arg(dir.join("chroot")).arg("--load-db").stdin(reg));
-    let valid = ok(nix("nix-store").arg("--store").arg(dir.join("chroot")).args(["--verify", "--check-contents"]));
+    ok(Command::new("unsquashfs")
+        .args(["-no-progress", "-d"])
+        .arg(&store)
+        .arg(&img));
+    let reg = std::fs::File::open(store.join("nix-path-registration"))
+        .expect("registration in the image");
+    ok(nix("nix-store")
+        .arg("--store")
+        .arg(dir.join("chroot"))
+        .arg("--load-db")
+        .stdin(reg));
+    let valid = ok(nix("nix-store")
+        .arg("--store")
+        .arg(dir.join("chroot"))
+        .args(["--verify", "--check-contents"]));
     assert!(!valid.contains("error"), "{valid}");
     let toplevel = build_fixture("toplevel", &dummy_args());
-    let listed = ok(nix("nix-store").arg("--store").arg(dir.join("chroot")).args(["-qR"]).arg(&toplevel));
+    let listed = ok(nix("nix-store")
+        .arg("--store")
+        .arg(dir.join("chroot"))
+        .args(["-qR"])
+        .arg(&toplevel));
     assert_eq!(listed.lines().count(), 4, "{listed}");
 
     // A tampered file is caught by the same check, so the check can fail.
@@ -91,10 +118,20 @@ fn nix_closure_registration_loads_and_verifies_in_nix() {
         .map(|e| e.expect("e").path())
         .find(|p| p.to_string_lossy().ends_with("-data"))
         .expect("data path");
-    sh(&format!("chmod -R u+w {0} && echo tampered >> {0}/share/dup1", data.display()));
-    let out = nix("nix-store").arg("--store").arg(dir.join("chroot")).args(["--verify", "--check-contents"])
-        .output().expect("spawn");
-    assert!(!out.status.success(), "nix-store --verify missed a tampered file");
+    sh(&format!(
+        "chmod -R u+w {0} && echo tampered >> {0}/share/dup1",
+        data.display()
+    ));
+    let out = nix("nix-store")
+        .arg("--store")
+        .arg(dir.join("chroot"))
+        .args(["--verify", "--check-contents"])
+        .output()
+        .expect("spawn");
+    assert!(
+        !out.status.success(),
+        "nix-store --verify missed a tampered file"
+    );
 }
 
 #[test]
@@ -106,17 +143,25 @@ fn nix_builds_tree_and_tarball_without_nixpkgs() {
     }
     let toplevel = build_fixture("toplevel", &args);
     let script = std::fs::read_to_string(tree.join("kexec-boot")).expect("read");
-    assert!(script.contains(&format!("init='{toplevel}/init'")), "{script}");
+    assert!(
+        script.contains(&format!("init='{toplevel}/init'")),
+        "{script}"
+    );
     let tarball = build_fixture("tarball", &args);
     let system = ok(nix("nix-instantiate").args(["--eval", "-E", "builtins.currentSystem"]));
-    let name = format!("tarball/nixos-system-{}.tar.gz", system.trim().trim_matches('"'));
+    let name = format!(
+        "tarball/nixos-system-{}.tar.gz",
+        system.trim().trim_matches('"')
+    );
     assert!(tarball.join(&name).is_file(), "{tarball}/{name} missing");
 }
 
 #[test]
 fn nix_files_parse() {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let files = sh(&format!("cd {root} && git ls-files -co --exclude-standard '*.nix'"));
+    let files = sh(&format!(
+        "cd {root} && git ls-files -co --exclude-standard '*.nix'"
+    ));
     let mut n = 0;
     for f in files.lines() {
         ok(nix("nix-instantiate").arg("--parse").arg(root.join(f)));

@@ -12,11 +12,20 @@ use crate::common::*;
 const TOPLEVEL: &str = "/nix/store/4fqb3vhbdwzi43hf9ax6ji0nvkjzq1ay-nixos-system-kexec-26.05";
 
 fn params() -> Vec<String> {
-    vec!["console=ttyS0,115200".into(), "panic=30".into(), "quoted='it''s $(x)'".into()]
+    vec![
+        "console=ttyS0,115200".into(),
+        "panic=30".into(),
+        "quoted='it''s $(x)'".into(),
+    ]
 }
 
 fn spec(params: &[String], unpacked: u64) -> BootSpec<'_> {
-    BootSpec { toplevel: TOPLEVEL, kernel_params: params, initrd_bytes: 300 << 20, unpacked_bytes: unpacked }
+    BootSpec {
+        toplevel: TOPLEVEL,
+        kernel_params: params,
+        initrd_bytes: 300 << 20,
+        unpacked_bytes: unpacked,
+    }
 }
 
 #[test]
@@ -32,7 +41,9 @@ fn kexec_boot_is_shellcheck_clean() {
     let (_t, dir) = tempdir();
     let s = dir.join("kexec-boot");
     std::fs::write(&s, kexec_boot(&spec(&params(), 1))).expect("write");
-    ok(Command::new("shellcheck").args(["--shell=sh", "--severity=style"]).arg(&s));
+    ok(Command::new("shellcheck")
+        .args(["--shell=sh", "--severity=style"])
+        .arg(&s));
 }
 
 /// A tree with the script, stand-in kernel and initrd, and a recording kexec.
@@ -40,10 +51,14 @@ fn fake_tree(dir: &Utf8Path, script: &str) {
     std::fs::write(dir.join("kexec-boot"), script).expect("write");
     std::fs::write(dir.join("bzImage"), "kernel").expect("write");
     std::fs::write(dir.join("initrd.gz"), "initrd").expect("write");
-    std::fs::write(dir.join("kexec"), "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n")
-        .expect("write");
+    std::fs::write(
+        dir.join("kexec"),
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n",
+    )
+    .expect("write");
     for f in ["kexec-boot", "kexec"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
     }
 }
 
@@ -81,7 +96,10 @@ fn kexec_boot_refuses_without_enough_memory() {
     let (_t, dir) = tempdir();
     fake_tree(&dir, &kexec_boot(&spec(&params(), 1 << 40)));
     let e = fails(&mut dash(&dir));
-    assert!(e.contains("not enough memory: this image needs about 2097708 MiB"), "{e}");
+    assert!(
+        e.contains("not enough memory: this image needs about 2097708 MiB"),
+        "{e}"
+    );
     assert!(!dir.join("kexec.log").exists(), "kexec ran anyway");
 }
 
@@ -92,7 +110,8 @@ fn kexec_boot_refuses_when_not_root() {
     fake_tree(&dir, &kexec_boot(&spec(&params(), 1)));
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "dash"]).arg(dir.join("kexec-boot"));
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "dash"])
+        .arg(dir.join("kexec-boot"));
     let e = fails(&mut c);
     assert!(e.contains("must run as root"), "{e}");
 }

@@ -22,12 +22,16 @@ fn expected(f: &Fixture, dir: &camino::Utf8Path) -> Vec<String> {
     std::fs::create_dir(&e).expect("mkdir");
     sh(&format!("cp -a {}/nix/store/. {e}/", f.root));
     let text = std::fs::read_to_string(&f.registration).expect("read");
-    let mut closure = mkkexec::closure::Closure::new(mkkexec::registration::parse(&text).expect("parse"))
-        .expect("closed");
+    let mut closure =
+        mkkexec::closure::Closure::new(mkkexec::registration::parse(&text).expect("parse"))
+            .expect("closed");
     closure.paths.sort_by(|a, b| a.path.cmp(&b.path));
     std::fs::write(e.join("nix-path-registration"), closure.registration()).expect("write");
-    std::fs::set_permissions(e.join("nix-path-registration"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod");
+    std::fs::set_permissions(
+        e.join("nix-path-registration"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
     describe(e.as_std_path())
 }
 
@@ -35,7 +39,10 @@ fn extract(img: &camino::Utf8Path, dir: &camino::Utf8Path) -> Vec<String> {
     require("unsquashfs", "squashfs-tools");
     let x = dir.join(format!("x-{}", img.file_name().expect("name")));
     let _ = std::fs::remove_dir_all(&x);
-    ok(Command::new("unsquashfs").args(["-no-progress", "-d"]).arg(&x).arg(img));
+    ok(Command::new("unsquashfs")
+        .args(["-no-progress", "-d"])
+        .arg(&x)
+        .arg(img));
     describe(x.as_std_path())
 }
 
@@ -58,14 +65,31 @@ fn squashfs_extracts_to_the_source_and_matches_mksquashfs() {
         cmd.arg(f.root.join("nix/store").join(p));
     }
     cmd.arg(&theirs).args([
-        "-no-hardlinks", "-keep-as-directory", "-all-root", "-b", "1048576", "-comp", "zstd",
-        "-Xcompression-level", "19", "-root-mode", "0755", "-quiet", "-no-progress",
+        "-no-hardlinks",
+        "-keep-as-directory",
+        "-all-root",
+        "-b",
+        "1048576",
+        "-comp",
+        "zstd",
+        "-Xcompression-level",
+        "19",
+        "-root-mode",
+        "0755",
+        "-quiet",
+        "-no-progress",
     ]);
     ok(&mut cmd);
     assert_eq!(listing(&ours), listing(&theirs));
     assert_eq!(extract(&ours, &dir), extract(&theirs, &dir));
-    let (a, b) = (ours.metadata().expect("stat").len(), theirs.metadata().expect("stat").len());
-    eprintln!("fixture: mkkexec {a} bytes, mksquashfs {b} bytes, ratio {:.3}", a as f64 / b as f64);
+    let (a, b) = (
+        ours.metadata().expect("stat").len(),
+        theirs.metadata().expect("stat").len(),
+    );
+    eprintln!(
+        "fixture: mkkexec {a} bytes, mksquashfs {b} bytes, ratio {:.3}",
+        a as f64 / b as f64
+    );
     // Duplicates are stored once: the image is far smaller than two copies of `big`.
     assert!(a < 2 * 10_000_000 / 3, "{a}");
 }
@@ -75,7 +99,13 @@ fn squashfs_every_compression_extracts() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
     let want = expected(&f, &dir);
-    for (c, extra) in [("zstd", "3"), ("xz", "6"), ("gzip", "9"), ("lz4", ""), ("none", "")] {
+    for (c, extra) in [
+        ("zstd", "3"),
+        ("xz", "6"),
+        ("gzip", "9"),
+        ("lz4", ""),
+        ("none", ""),
+    ] {
         let img = dir.join(format!("{c}.img"));
         let mut args = vec!["--compression", c];
         if !extra.is_empty() {
@@ -85,7 +115,10 @@ fn squashfs_every_compression_extracts() {
         assert_eq!(extract(&img, &dir), want, "{c}");
         let stats = ok(Command::new("unsquashfs").arg("-s").arg(&img));
         let named = if c == "none" { "gzip" } else { c };
-        assert!(stats.contains(&format!("Compression {named}")), "{c}: {stats}");
+        assert!(
+            stats.contains(&format!("Compression {named}")),
+            "{c}: {stats}"
+        );
     }
 }
 
@@ -96,7 +129,10 @@ fn squashfs_is_reproducible_and_input_form_does_not_matter() {
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
     build(&f, &a, &[]);
     build(&f, &b, &["--jobs", "1"]);
-    assert!(std::fs::read(&a).expect("a") == std::fs::read(&b).expect("b"), "two builds differ");
+    assert!(
+        std::fs::read(&a).expect("a") == std::fs::read(&b).expect("b"),
+        "two builds differ"
+    );
 
     // The same closure as structured-attrs JSON, in another order, SRI hashes.
     let text = std::fs::read_to_string(&f.registration).expect("read");
@@ -121,7 +157,10 @@ fn squashfs_is_reproducible_and_input_form_does_not_matter() {
         .arg(&f.root)
         .arg("-o")
         .arg(&c));
-    assert!(std::fs::read(&a).expect("a") == std::fs::read(&c).expect("c"), "JSON input gives other bytes");
+    assert!(
+        std::fs::read(&a).expect("a") == std::fs::read(&c).expect("c"),
+        "JSON input gives other bytes"
+    );
 }
 
 fn no_leftovers(dir: &camino::Utf8Path) {
@@ -137,10 +176,25 @@ fn no_leftovers(dir: &camino::Utf8Path) {
 fn squashfs_refuses_a_fifo_and_leaves_nothing() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
-    let fifo = f.root.join("nix/store").join(&f.paths[1]).join("share/fifo");
-    sh(&format!("chmod u+w {0} && mkfifo {1}", fifo.parent().expect("parent"), fifo));
-    let err = fails(mkkexec().args(["squashfs", "--closure"]).arg(&f.registration).arg("--root").arg(&f.root)
-        .arg("-o").arg(dir.join("out.img")));
+    let fifo = f
+        .root
+        .join("nix/store")
+        .join(&f.paths[1])
+        .join("share/fifo");
+    sh(&format!(
+        "chmod u+w {0} && mkfifo {1}",
+        fifo.parent().expect("parent"),
+        fifo
+    ));
+    let err = fails(
+        mkkexec()
+            .args(["squashfs", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .arg("-o")
+            .arg(dir.join("out.img")),
+    );
     assert!(err.contains("share/fifo is a fifo"), "{err}");
     no_leftovers(&dir);
 }
@@ -150,8 +204,16 @@ fn squashfs_errors_name_the_problem() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
     let run = |extra: &[&str], closure: &camino::Utf8Path| {
-        fails(mkkexec().args(["squashfs", "--closure"]).arg(closure).arg("--root").arg(&f.root)
-            .arg("-o").arg(dir.join("out.img")).args(extra))
+        fails(
+            mkkexec()
+                .args(["squashfs", "--closure"])
+                .arg(closure)
+                .arg("--root")
+                .arg(&f.root)
+                .arg("-o")
+                .arg(dir.join("out.img"))
+                .args(extra),
+        )
     };
     let e = run(&["--block-size", "1000"], &f.registration);
     assert!(e.contains("block size 1000 is invalid"), "{e}");
@@ -163,18 +225,33 @@ fn squashfs_errors_name_the_problem() {
     let cut = dir.join("cut");
     std::fs::write(&cut, text.lines().take(7).collect::<Vec<_>>().join("\n")).expect("write");
     let e = run(&[], &cut);
-    assert!(e.contains(&format!("in registration {cut}")) && e.contains("line 8:"), "{e}");
+    assert!(
+        e.contains(&format!("in registration {cut}")) && e.contains("line 8:"),
+        "{e}"
+    );
 
     // A reference outside the closure.
     let open = dir.join("open");
-    std::fs::write(&open, text.replace(&format!("\n1\n/nix/store/{}", f.paths[2]), &format!("\n1\n/nix/store/{}", base("gone"))))
-        .expect("write");
+    std::fs::write(
+        &open,
+        text.replace(
+            &format!("\n1\n/nix/store/{}", f.paths[2]),
+            &format!("\n1\n/nix/store/{}", base("gone")),
+        ),
+    )
+    .expect("write");
     let e = run(&[], &open);
     assert!(e.contains("not closed") && e.contains("gone"), "{e}");
 
     // A path missing on disk.
-    sh(&format!("chmod -R u+w {0} && rm -rf {0}/nix/store/{1}", f.root, f.paths[0]));
+    sh(&format!(
+        "chmod -R u+w {0} && rm -rf {0}/nix/store/{1}",
+        f.root, f.paths[0]
+    ));
     let e = run(&[], &f.registration);
-    assert!(e.contains(&f.paths[0]) && e.contains("cannot be read"), "{e}");
+    assert!(
+        e.contains(&f.paths[0]) && e.contains("cannot be read"),
+        "{e}"
+    );
     no_leftovers(&dir);
 }

@@ -14,14 +14,19 @@ pub fn stage1_gz(dir: &Utf8Path) -> Utf8PathBuf {
     std::fs::create_dir_all(&s).expect("mkdir");
     std::fs::write(s.join("init"), "#!/bin/sh\n").expect("write");
     let out = dir.join("stage1.gz");
-    sh(&format!("cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9n > {out}"));
+    sh(&format!(
+        "cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9n > {out}"
+    ));
     out
 }
 
 fn build_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path) {
     let kernel = dir.join("vmlinuz");
-    std::fs::write(&kernel, "not really a kernel").expect("write");
-    let s1 = stage1_gz(dir);
+    let s1 = dir.join("stage1.gz");
+    if !s1.exists() {
+        std::fs::write(&kernel, "not really a kernel").expect("write");
+        stage1_gz(dir);
+    }
     ok(mkkexec()
         .args(["tree", "-q", "--closure"])
         .arg(&f.registration)
@@ -31,7 +36,14 @@ fn build_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path) {
         .arg(&kernel)
         .arg("--prepend-initrd")
         .arg(&s1)
-        .args(["--kernel-param", "console=ttyS0", "--kernel-param", "loglevel=4", "--squashfs-level", "3"])
+        .args([
+            "--kernel-param",
+            "console=ttyS0",
+            "--kernel-param",
+            "loglevel=4",
+            "--squashfs-level",
+            "3",
+        ])
         .arg("--output")
         .arg(out));
 }
@@ -51,10 +63,16 @@ fn tree_layout_contents_and_reproducibility() {
         .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
         .collect();
     names.sort();
-    assert_eq!(names, ["bin", "bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]);
+    assert_eq!(
+        names,
+        ["bin", "bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]
+    );
     assert_eq!(mode(&out.join("kexec-boot")), 0o755);
     assert_eq!(mode(&out.join("bzImage")), 0o644);
-    assert_eq!(std::fs::read(out.join("bzImage")).expect("read"), b"not really a kernel");
+    assert_eq!(
+        std::fs::read(out.join("bzImage")).expect("read"),
+        b"not really a kernel"
+    );
 
     let script = std::fs::read_to_string(out.join("kexec-boot")).expect("read");
     insta::with_settings!({filters => vec![
@@ -67,9 +85,15 @@ fn tree_layout_contents_and_reproducibility() {
 
     // initrd.gz: the stage 1 as is, then a zstd cpio holding the squashfs.
     let inspect = ok(mkkexec().arg("inspect").arg(out.join("initrd.gz")));
-    let members: Vec<&str> = inspect.lines().filter(|l| l.starts_with("member")).collect();
+    let members: Vec<&str> = inspect
+        .lines()
+        .filter(|l| l.starts_with("member"))
+        .collect();
     assert_eq!(members.len(), 2, "{inspect}");
-    assert!(members[0].contains("gzip cpio") && members[1].contains("zstd cpio, 1 entries"), "{inspect}");
+    assert!(
+        members[0].contains("gzip cpio") && members[1].contains("zstd cpio, 1 entries"),
+        "{inspect}"
+    );
     assert!(inspect.contains(" nix-store.squashfs"), "{inspect}");
     let s1 = std::fs::read(dir.join("stage1.gz")).expect("read");
     let initrd = std::fs::read(out.join("initrd.gz")).expect("read");
@@ -82,15 +106,29 @@ fn tree_layout_contents_and_reproducibility() {
     std::fs::write(dir.join("tail"), &initrd[start..]).expect("write");
     sh(&format!("cd {x} && zstd -dc {dir}/tail | cpio -id --quiet"));
     let alone = dir.join("alone.img");
-    ok(mkkexec().args(["squashfs", "-q", "--level", "3", "--closure"]).arg(&f.registration).arg("--root").arg(&f.root)
-        .arg("-o").arg(&alone));
-    assert!(std::fs::read(x.join("nix-store.squashfs")).expect("read") == std::fs::read(&alone).expect("read"));
+    ok(mkkexec()
+        .args(["squashfs", "-q", "--level", "3", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .arg("-o")
+        .arg(&alone));
+    assert!(
+        std::fs::read(x.join("nix-store.squashfs")).expect("read")
+            == std::fs::read(&alone).expect("read")
+    );
 
     // Built again over the old tree: the same bytes.
     let names: Vec<&str> = mkkexec::tree::FILES.iter().map(|f| f.0).collect();
-    let before: Vec<_> = names.iter().map(|n| std::fs::read(out.join(n)).expect("read")).collect();
+    let before: Vec<_> = names
+        .iter()
+        .map(|n| std::fs::read(out.join(n)).expect("read"))
+        .collect();
     build_tree(&f, &dir, &out);
-    let after: Vec<_> = names.iter().map(|n| std::fs::read(out.join(n)).expect("read")).collect();
+    let after: Vec<_> = names
+        .iter()
+        .map(|n| std::fs::read(out.join(n)).expect("read"))
+        .collect();
     assert!(before == after, "a rebuild changed the tree");
 }
 
@@ -100,8 +138,18 @@ fn tree_errors_name_the_problem() {
     let f = fixture(&dir);
     let base = |toplevel: &str, out: &Utf8Path| {
         let mut c = mkkexec();
-        c.args(["tree", "--closure"]).arg(&f.registration).arg("--root").arg(&f.root)
-            .args(["--toplevel", toplevel, "--kernel", "/etc/hostname", "--output"]).arg(out);
+        c.args(["tree", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .args([
+                "--toplevel",
+                toplevel,
+                "--kernel",
+                "/etc/hostname",
+                "--output",
+            ])
+            .arg(out);
         c
     };
     let other = format!("/nix/store/{}", base_name_not_in_closure());
@@ -123,25 +171,49 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
     let tree = dir.join("tree");
     build_tree(&f, &dir, &tree);
     let kexec = dir.join("kexec-static");
-    std::fs::write(&kexec, "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n").expect("write");
+    std::fs::write(
+        &kexec,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n",
+    )
+    .expect("write");
     let tarball = |name: &str| {
         let t = dir.join(name);
-        ok(mkkexec().args(["tarball", "--tree"]).arg(&tree).arg("--kexec").arg(&kexec).arg("-o").arg(&t));
+        ok(mkkexec()
+            .args(["tarball", "--tree"])
+            .arg(&tree)
+            .arg("--kexec")
+            .arg(&kexec)
+            .arg("-o")
+            .arg(&t));
         t
     };
     let (a, b) = (tarball("a.tar.gz"), tarball("b.tar.gz"));
-    assert!(std::fs::read(&a).expect("a") == std::fs::read(&b).expect("b"), "tarball not reproducible");
+    assert!(
+        std::fs::read(&a).expect("a") == std::fs::read(&b).expect("b"),
+        "tarball not reproducible"
+    );
 
-    let listing = sh(&format!("tar -tvzf {a} --numeric-owner | awk '{{print $1, $2, $6}}'"));
+    let listing = sh(&format!(
+        "tar -tvzf {a} --numeric-owner | awk '{{print $1, $2, $6}}'"
+    ));
     insta::assert_snapshot!("tarball-listing", listing);
 
     let slash = dir.join("slash");
     std::fs::create_dir(&slash).expect("mkdir");
     sh(&format!("tar -xzf {a} -C {slash}"));
     require("dash", "dash");
-    ok(Command::new("dash").arg(slash.join("nixos-kexec/bin/nixos-kexec")).env("PATH", "/usr/bin:/bin"));
-    let log = std::fs::read_to_string(slash.join("nixos-kexec/kexec.log")).expect("bundled kexec not used");
-    let d = slash.join("nixos-kexec/bin/..").canonicalize_utf8().expect("canon");
-    assert!(log.starts_with(&format!("--load\n{d}/bzImage\n--initrd={d}/initrd.gz\n")), "{log}");
+    ok(Command::new("dash")
+        .arg(slash.join("nixos-kexec/bin/nixos-kexec"))
+        .env("PATH", "/usr/bin:/bin"));
+    let log = std::fs::read_to_string(slash.join("nixos-kexec/kexec.log"))
+        .expect("bundled kexec not used");
+    let d = slash
+        .join("nixos-kexec/bin/..")
+        .canonicalize_utf8()
+        .expect("canon");
+    assert!(
+        log.starts_with(&format!("--load\n{d}/bzImage\n--initrd={d}/initrd.gz\n")),
+        "{log}"
+    );
     assert!(log.ends_with("loglevel=4\n-e\n"), "{log}");
 }
