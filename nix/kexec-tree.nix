@@ -5,12 +5,13 @@
 #
 # The closure reaches mkkexec through __structuredAttrs +
 # exportReferencesGraph: Nix writes the path infos (hash, size, references)
-# of storeContents' closure into .attrs.json, which mkkexec reads directly.
+# of the store contents' closure into .attrs.json, which mkkexec reads.
 {
   # mkkexec's executable (a path, or a string with store context).
   mkkexec,
   # A bash for the builder: it sources Nix's .attrs.sh for the output path.
   bash,
+  # The platform the builds run on (where mkkexec runs).
   system,
 }:
 let
@@ -23,7 +24,7 @@ let
       name,
       mkkexecArgs,
       outputSuffix ? "",
-      extraAttrs ? { },
+      storeContents ? null,
     }:
     derivation (
       {
@@ -39,12 +40,99 @@ let
           ''
         ];
       }
-      // extraAttrs
+      // (if storeContents == null then { } else { exportReferencesGraph.closure = storeContents; })
     );
+
   optionalArgs = flag: value: if value == null then [ ] else [ flag (toString value) ];
+
+  squashfsArgs =
+    prefix:
+    {
+      squashfsCompression ? "zstd",
+      squashfsLevel ? null,
+      ...
+    }:
+    [
+      "--${prefix}compression"
+      squashfsCompression
+    ]
+    ++ optionalArgs "--${prefix}level" squashfsLevel;
+
+  initrdArgs =
+    prefix:
+    {
+      initrdCompression ? "zstd",
+      initrdLevel ? null,
+      ...
+    }:
+    [
+      "--${prefix}compression"
+      initrdCompression
+    ]
+    ++ optionalArgs "--${prefix}level" initrdLevel;
+
+  kernelParamArgs = map (p: "--kernel-param=${p}");
 in
 {
-  # A kexec tree: bzImage, initrd.gz, kexec-boot, netboot.ipxe, bin/nixos-kexec.
+  # The Nix store as a squashfs image, as nixpkgs' make-squashfs.nix lays it out.
+  squashfs =
+    {
+      storeContents,
+      name ? "nix-store.squashfs",
+      ...
+    }@args:
+    runMkkexec {
+      inherit name storeContents;
+      mkkexecArgs = [
+        "squashfs"
+        "--closure"
+        ".attrs.json"
+      ] ++ squashfsArgs "" args;
+    };
+
+  # <out>/initrd: the stage-1 initrd followed by a cpio with /nix-store.squashfs.
+  initrd =
+    {
+      initrd,
+      squashfs,
+      name ? "netboot-ramdisk",
+      ...
+    }@args:
+    runMkkexec {
+      inherit name;
+      mkkexecArgs = [
+        "initrd"
+        "--prepend"
+        "${initrd}"
+        "--file"
+        "${squashfs}:/nix-store.squashfs"
+      ] ++ initrdArgs "" args;
+      outputSuffix = "/initrd";
+    };
+
+  # kexec-boot (or <out>/netboot.ipxe with ipxe = true) for `initrd`.
+  script =
+    {
+      toplevel,
+      initrd,
+      kernelParams ? [ ],
+      ipxe ? false,
+      name ? if ipxe then "netboot.ipxe" else "kexec-boot",
+    }:
+    runMkkexec {
+      inherit name;
+      mkkexecArgs = [
+        "script"
+        "--toplevel"
+        "${toplevel}"
+        "--initrd"
+        "${initrd}"
+      ] ++ kernelParamArgs kernelParams ++ (if ipxe then [ "--ipxe" ] else [ ]);
+      outputSuffix = if ipxe then "/netboot.ipxe" else "";
+    };
+
+  # A kexec tree in one step: bzImage, initrd.gz, kexec-boot, netboot.ipxe,
+  # bin/nixos-kexec.
   tree =
     {
       toplevel,
@@ -53,15 +141,11 @@ in
       initrd,
       storeContents ? [ toplevel ],
       kernelParams ? [ ],
-      squashfsCompression ? "zstd",
-      squashfsLevel ? null,
-      initrdCompression ? "zstd",
-      initrdLevel ? null,
       name ? "kexec-tree",
-    }:
+      ...
+    }@args:
     runMkkexec {
-      inherit name;
-      extraAttrs.exportReferencesGraph.closure = storeContents;
+      inherit name storeContents;
       mkkexecArgs =
         [
           "tree"
@@ -73,23 +157,20 @@ in
           "${kernel}"
           "--prepend-initrd"
           "${initrd}"
-          "--squashfs-compression"
-          squashfsCompression
-          "--initrd-compression"
-          initrdCompression
         ]
-        ++ optionalArgs "--squashfs-level" squashfsLevel
-        ++ optionalArgs "--initrd-level" initrdLevel
-        ++ map (p: "--kernel-param=${p}") kernelParams;
+        ++ squashfsArgs "squashfs-" args
+        ++ initrdArgs "initrd-" args
+        ++ kernelParamArgs kernelParams;
     };
 
-  # <out>/tarball/nixos-system-<system>.tar.gz: unpacked at /, it gives
+  # <out>/tarball/nixos-system-<targetSystem>.tar.gz: unpacked at /, it gives
   # /nixos-kexec/bin/nixos-kexec.
   tarball =
     {
       tree,
       # A static kexec to bundle, or null to rely on the host's.
       kexec ? null,
+      targetSystem ? system,
       name ? "nixos-kexec-tarball",
     }:
     runMkkexec {
@@ -99,6 +180,6 @@ in
         "--tree"
         "${tree}"
       ] ++ optionalArgs "--kexec" kexec;
-      outputSuffix = "/tarball/nixos-system-${system}.tar.gz";
+      outputSuffix = "/tarball/nixos-system-${targetSystem}.tar.gz";
     };
 }

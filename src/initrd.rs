@@ -3,7 +3,8 @@
 //! boundary, then one compressed newc cpio of the given files.
 //!
 //! The cpio is reproducible: entries sorted, parents before children,
-//! owned by 0:0, mtime 1. See `Documentation/filesystems/ramfs-rootfs-initramfs.rst`.
+//! owned by 0:0, mtime 1, modes 0755 (directories, executables) or 0644.
+//! See `Documentation/filesystems/ramfs-rootfs-initramfs.rst`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -87,9 +88,16 @@ fn plan(files: &[FileSpec]) -> Result<BTreeMap<String, Entry>> {
             };
             parent = p;
         }
+        // Only "executable or not" is kept: the same file from the Nix store
+        // (0444/0555) and from a build directory (0644/0755) gives the same initrd.
+        let perm = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
         let entry = Entry::File {
             src: f.src.clone(),
-            perm: meta.permissions().mode(),
+            perm,
             size: meta.len(),
         };
         if entries.insert(name.clone(), entry).is_some() {

@@ -24,6 +24,8 @@ impl AtomicFile {
             Some(p) if !p.as_str().is_empty() => p.to_owned(),
             _ => Utf8PathBuf::from("."),
         };
+        // Nix builders start without $out: create the directories leading to it.
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir} for {dest}"))?;
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).with_context(|| {
             format!("cannot create {tmp} (the temporary file for {dest}); does {dir} exist and is it writable?")

@@ -43,9 +43,6 @@ pub fn build(
             bail!("{tree} is not a kexec tree: {f} is missing (make one with `mkkexec tree`)");
         }
     }
-    if let Some(parent) = output.parent().filter(|p| !p.as_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {parent}"))?;
-    }
     let out = AtomicFile::create(output)?;
     let gz = flate2::GzBuilder::new()
         .mtime(0)

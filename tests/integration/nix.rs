@@ -147,6 +147,22 @@ fn nix_builds_tree_and_tarball_without_nixpkgs() {
         script.contains(&format!("init='{toplevel}/init'")),
         "{script}"
     );
+    // The module's separate steps give the same bytes as the one-step tree.
+    let ramdisk = build_fixture("netbootRamdisk", &args);
+    assert!(
+        std::fs::read(ramdisk.join("initrd")).expect("read")
+            == std::fs::read(tree.join("initrd.gz")).expect("read")
+    );
+    let kexec_script = build_fixture("kexecScript", &args);
+    assert_eq!(
+        std::fs::read_to_string(&kexec_script).expect("read"),
+        script
+    );
+    let ipxe = build_fixture("ipxeScript", &args);
+    assert_eq!(
+        std::fs::read(ipxe.join("netboot.ipxe")).expect("read"),
+        std::fs::read(tree.join("netboot.ipxe")).expect("read")
+    );
     let tarball = build_fixture("tarball", &args);
     let system = ok(nix("nix-instantiate").args(["--eval", "-E", "builtins.currentSystem"]));
     let name = format!(
