@@ -1,0 +1,114 @@
+{
+  description = "Boot any NixOS configuration from a running Linux with kexec";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # The repo's configuration.nix as a kexec system for `system`.
+      mkSystem =
+        system:
+        lib.nixosSystem {
+          inherit system;
+          modules = [
+            self.nixosModules.default
+            ./configuration.nix
+          ];
+        };
+      systemFor = lib.genAttrs systems mkSystem;
+    in
+    {
+      nixosModules.default =
+        { pkgs, ... }:
+        {
+          imports = [ ./nix/module.nix ];
+          # mkkexec runs on the build platform.
+          nixosKexec.package = lib.mkDefault (
+            self.packages.${pkgs.stdenv.buildPlatform.system}.mkkexec
+              or (pkgs.buildPackages.callPackage ./nix/package.nix { })
+          );
+        };
+      nixosModules.nixos-kexec = self.nixosModules.default;
+
+      nixosConfigurations.default = systemFor.x86_64-linux;
+
+      packages = forAllSystems (
+        pkgs:
+        let
+          build = systemFor.${pkgs.stdenv.hostPlatform.system}.config.system.build;
+        in
+        {
+          mkkexec = pkgs.callPackage ./nix/package.nix { };
+          # result/bin/nixos-kexec, with bzImage, initrd.gz, kexec-boot beside it.
+          default = build.kexecTree;
+          # result/tarball/nixos-system-<system>.tar.gz
+          tarball = build.kexecTarball;
+        }
+      );
+
+      apps = forAllSystems (pkgs: {
+        default = {
+          type = "app";
+          program = "${self.packages.${pkgs.stdenv.hostPlatform.system}.default}/bin/nixos-kexec";
+        };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+
+      checks = forAllSystems (
+        pkgs:
+        let
+          mkkexec = self.packages.${pkgs.stdenv.hostPlatform.system}.mkkexec;
+        in
+        {
+          inherit mkkexec;
+
+          clippy = mkkexec.overrideAttrs (old: {
+            pname = "mkkexec-clippy";
+            nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];
+            buildPhase = "cargo clippy --offline --all-targets -- -D warnings";
+            installPhase = "touch $out";
+            doCheck = false;
+          });
+
+          rustfmt =
+            pkgs.runCommand "mkkexec-rustfmt"
+              {
+                nativeBuildInputs = [
+                  pkgs.cargo
+                  pkgs.rustfmt
+                ];
+              }
+              ''
+                cd ${mkkexec.src}
+                cargo fmt --check
+                touch $out
+              '';
+
+          nixfmt =
+            pkgs.runCommand "nixfmt-check"
+              {
+                nativeBuildInputs = [ pkgs.nixfmt ];
+              }
+              ''
+                cd ${self}
+                nixfmt --check $(find . -name '*.nix')
+                touch $out
+              '';
+
+          vm-kexec = import ./nix/tests/kexec.nix {
+            inherit pkgs;
+            module = self.nixosModules.default;
+          };
+        }
+      );
+    };
+}

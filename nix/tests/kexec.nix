@@ -1,0 +1,45 @@
+# NixOS VM test (needs nixpkgs; run by `nix flake check`): a running NixOS
+# machine unpacks the tarball at / and runs /nixos-kexec/bin/nixos-kexec; the
+# test passes when the kexec'd system prints its marker on the console.
+{
+  pkgs,
+  # This flake's NixOS module.
+  module,
+}:
+let
+  marker = "NIXOS-KEXEC-TEST-BOOTED";
+  target = pkgs.nixos {
+    imports = [ module ];
+    nixosKexec.kernelParams = [ "console=ttyS0" ];
+    # Keep the test image small and quick to build.
+    nixosKexec.squashfs.level = 3;
+    nixosKexec.initrd.compression = "none";
+    documentation.enable = false;
+    systemd.services.kexec-test-marker = {
+      wantedBy = [ "multi-user.target" ];
+      serviceConfig.Type = "oneshot";
+      # The store was registered from nix-path-registration at boot.
+      script = ''
+        ${pkgs.nix}/bin/nix-store --verify-path /run/current-system
+        echo ${marker} > /dev/ttyS0
+      '';
+    };
+  };
+  tarball = "${target.config.system.build.kexecTarball}/tarball/nixos-system-${pkgs.stdenv.hostPlatform.system}.tar.gz";
+in
+pkgs.testers.runNixOSTest {
+  name = "nixos-kexec";
+  nodes.machine = {
+    virtualisation.memorySize = 2048;
+    system.extraDependencies = [ target.config.system.build.kexecTarball ];
+  };
+  testScript = ''
+    machine.wait_for_unit("multi-user.target")
+    machine.succeed("tar -xzf ${tarball} -C /")
+    machine.succeed("/nixos-kexec/kexec --version")
+    # kexec-boot does not return: start it detached from the test's shell.
+    machine.succeed("systemd-run --no-block --unit=kexec-now /nixos-kexec/bin/nixos-kexec")
+    machine.wait_for_console_text("${marker}")
+    machine.crash()
+  '';
+}
