@@ -96,6 +96,19 @@ fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib:
     } else {
         "tcg"
     };
+    // scripts/demo.sh: show the console live as well as logging it.
+    let serial = if std::env::var("MKKEXEC_DEMO").as_deref() == Ok("1") {
+        let chardev = format!("stdio,id=ser,signal=off,logfile={log}");
+        [
+            "-chardev".to_owned(),
+            chardev,
+            "-serial".into(),
+            "chardev:ser".into(),
+        ]
+        .to_vec()
+    } else {
+        ["-serial".to_owned(), format!("file:{log}")].to_vec()
+    };
     let status = Command::new("timeout")
         .args([
             "--kill-after=10",
@@ -113,9 +126,8 @@ fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib:
             "-monitor",
             "none",
             "-no-reboot",
-            "-serial",
         ])
-        .arg(format!("file:{log}"))
+        .args(serial)
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
