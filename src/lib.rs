@@ -1,6 +1,7 @@
 //! mkkexec: turns a NixOS closure into what `kexec` boots — a squashfs of
 //! the store, an initrd that carries it, a kexec script and a tarball.
 
+pub mod blocks;
 pub mod cli;
 pub mod closure;
 pub mod compress;

@@ -10,7 +10,7 @@
 //!
 //! Every inode is owned by 0:0 with mtime 1; file modes are kept; symlinks are
 //! stored, never followed; identical files are stored once. Writing is done by
-//! backhand; [`MkCompressor`] sits between it and the compressors.
+//! backhand; [`crate::blocks`] compresses the blocks for it, in parallel.
 //! Spec: <https://dr-emann.github.io/squashfs/>
 
 use std::fs::File;
@@ -20,15 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
+use backhand::compression::Compressor;
 use backhand::kind::Kind;
-use backhand::{
-    BackhandError, CompressionExtra, ExtraXz, FilesystemCompressor, FilesystemWriter, NodeHeader,
-    SuperBlock,
-};
+use backhand::{CompressionExtra, ExtraXz, FilesystemCompressor, FilesystemWriter, NodeHeader};
 use camino::Utf8Path;
 use clap::ValueEnum;
 
+use crate::blocks::{Method, Pipeline, Source};
 use crate::closure::Closure;
 use crate::output::AtomicFile;
 use crate::progress::{Counters, Progress, mib};
@@ -171,49 +169,6 @@ impl Options {
     }
 }
 
-/// backhand's compressor, but able to store everything uncompressed.
-struct MkCompressor {
-    store_only: bool,
-}
-
-impl CompressionAction for MkCompressor {
-    type Error = BackhandError;
-    type Compressor = Compressor;
-    type FilesystemCompressor = FilesystemCompressor;
-    type SuperBlock = SuperBlock;
-
-    fn decompress(
-        &self,
-        bytes: &[u8],
-        out: &mut Vec<u8>,
-        c: Compressor,
-    ) -> Result<(), BackhandError> {
-        DefaultCompressor.decompress(bytes, out, c)
-    }
-
-    fn compress(
-        &self,
-        bytes: &[u8],
-        fc: FilesystemCompressor,
-        block_size: u32,
-    ) -> Result<Vec<u8>, BackhandError> {
-        if self.store_only {
-            // backhand stores a block as is when its compressed form is longer.
-            return Ok(vec![0; bytes.len() + 1]);
-        }
-        DefaultCompressor.compress(bytes, fc, block_size)
-    }
-
-    fn compression_options(
-        &self,
-        sb: &mut SuperBlock,
-        kind: &Kind,
-        fc: FilesystemCompressor,
-    ) -> Result<Option<Vec<u8>>, BackhandError> {
-        DefaultCompressor.compression_options(sb, kind, fc)
-    }
-}
-
 /// Opens its file at the first read and closes it at the end, so that only
 /// one file is open at a time; counts progress; names the file in errors.
 struct LazyReader {
@@ -272,6 +227,8 @@ struct Walker {
     fs: FilesystemWriter<'static, 'static, 'static>,
     counters: Arc<Counters>,
     stats: Stats,
+    /// Each file's place in the image and its source, for the pipeline.
+    sources: Vec<(PathBuf, Source)>,
 }
 
 fn header(perm: u32) -> NodeHeader {
@@ -302,6 +259,8 @@ impl Walker {
                 counters: Arc::clone(&self.counters),
             };
             self.fs.push_file(reader, dest, h).with_context(ctx)?;
+            self.sources
+                .push((dest.to_owned(), Source::Path(src.to_owned())));
             self.stats.files += 1;
             self.stats.bytes += size;
         } else if ft.is_dir() {
@@ -346,15 +305,10 @@ pub fn build(
     let fc = opts.fs_compressor()?;
     closure.check_present(root)?;
 
-    // One per build; backhand wants the compressor for the program's lifetime.
-    let compressor: &'static MkCompressor = Box::leak(Box::new(MkCompressor {
-        store_only: opts.compression == SquashfsCompression::None,
-    }));
-    let registration = closure.registration();
+    let registration = Arc::new(closure.registration().into_bytes());
 
     let counters = Arc::new(Counters::default());
     let mut fs = FilesystemWriter::default();
-    fs.set_kind(Kind::new_v4(compressor));
     fs.set_compressor(fc);
     fs.set_emit_compression_options(opts.compression != SquashfsCompression::None);
     fs.set_block_size(opts.block_size);
@@ -368,19 +322,39 @@ pub fn build(
         fs,
         counters: Arc::clone(&counters),
         stats: Stats::default(),
+        sources: vec![],
     };
 
+    let reg_name = Path::new("nix-path-registration");
     w.fs.push_file(
-        io::Cursor::new(registration.into_bytes()),
-        "nix-path-registration",
+        io::Cursor::new(registration.to_vec()),
+        reg_name,
         header(0o644),
     )
     .context("cannot add nix-path-registration")?;
+    w.sources
+        .push((reg_name.to_owned(), Source::Bytes(registration)));
     for info in &closure.paths {
         let src = closure.source(root, &info.path);
         w.add(src.as_std_path(), Path::new(info.path.base_name()))?;
     }
-    let Walker { mut fs, stats, .. } = w;
+    let Walker {
+        mut fs,
+        stats,
+        mut sources,
+        ..
+    } = w;
+
+    // backhand writes files in the order of their paths in the image.
+    sources.sort_by(|a, b| a.0.cmp(&b.0));
+    let method = Method {
+        compression: opts.compression,
+        level: opts.level()?,
+        block_size: opts.block_size,
+    };
+    let sources = sources.into_iter().map(|(_, s)| s).collect();
+    let pipeline = Pipeline::start(method, opts.jobs, sources, Arc::clone(&counters), fc);
+    fs.set_kind(Kind::new_v4(pipeline.compressor));
 
     let mut out = AtomicFile::create(output)?;
     let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
@@ -392,11 +366,14 @@ pub fn build(
     out.truncate(len)?;
     drop(progress);
     drop(fs);
+    let (hits, misses) = pipeline.hits_misses();
+    drop(pipeline);
     out.commit()?;
     if !opts.quiet {
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         eprintln!(
-            "squashfs: {output}: {} store paths, {} files, {} → {}",
+            "squashfs: {output}: {} store paths, {} files, {} → {} \
+             ({hits} blocks compressed ahead, {misses} in line)",
             closure.paths.len(),
             stats.files,
             mib(stats.bytes),
