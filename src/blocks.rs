@@ -373,6 +373,8 @@ fn read_ahead(
     mut send: impl FnMut(Vec<u8>) -> bool,
 ) {
     let mut fragment: Vec<u8> = Vec::with_capacity(block_size);
+    // Small files already in a fragment: the patched backhand shares their entry.
+    let mut small_seen = std::collections::HashSet::new();
     let mut submitted = 0u64;
     for source in files {
         let mut reader: Box<dyn Read> = match source {
@@ -401,7 +403,7 @@ fn read_ahead(
             submitted += n as u64;
             if first && n < block_size {
                 // A small file goes into the fragment block, as in add_bytes.
-                if n > 0 {
+                if n > 0 && small_seen.insert(key(&chunk)) {
                     if fragment.len() + n > block_size {
                         let full = std::mem::replace(&mut fragment, Vec::with_capacity(block_size));
                         if !send(full) {

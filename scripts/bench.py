@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Benchmark mkkexec against squashfs-tools and the nixpkgs pipeline, in one run.
+
+Builds a store-like tree from this machine's /usr (store paths named
+<hash>-<dir>, with a registration), then times, on the same input:
+  squashfs zstd-19   mkkexec squashfs        vs mksquashfs (make-squashfs.nix flags)
+  squashfs xz        mkkexec --compression xz vs mksquashfs -comp xz -Xdict-size 100%
+  initrd             mkkexec initrd           vs echo img | cpio -o -H newc | zstd -19 -T0
+  tree               mkkexec tree             vs mksquashfs + cpio + zstd (+ the stage 1 prepended)
+and prints wall time, CPU time, peak RSS and output size, each the median of
+--runs runs, with the ratios ours/theirs. Also the compression limit: the
+CPU time zstd -19 alone needs for the input (1 MiB window) divided by the cores.
+
+  scripts/bench.py --sizes 512,1024 --runs 3
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = ["/usr/lib/x86_64-linux-gnu", "/usr/share", "/usr/lib"]
+NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
+
+
+def store_name(name):
+    digest = hashlib.sha256(name.encode()).digest()
+    return "".join(NIX32[b % 32] for b in digest[:32]) + "-" + "".join(
+        c if c.isalnum() or c in "+-._?=" else "_" for c in name
+    )[:100]
+
+
+def du(path):
+    out = subprocess.run(["du", "-sb", path], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def make_input(dest, size_mib):
+    """Copy directories of /usr into dest/nix/store until size_mib is reached."""
+    store = os.path.join(dest, "nix/store")
+    reg = os.path.join(dest, "registration")
+    if os.path.exists(reg):
+        return store, reg
+    os.makedirs(store, exist_ok=True)
+    total, paths, seen = 0, [], set()
+    for src in SOURCES:
+        for entry in sorted(os.listdir(src)):
+            full = os.path.join(src, entry)
+            if not os.path.isdir(full) or os.path.islink(full) or full in SOURCES:
+                continue
+            name = store_name(f"{os.path.basename(src)}-{entry}")
+            if name in seen:
+                continue
+            size = du(full)
+            if size == 0 or size > 300 << 20:
+                continue
+            subprocess.run(["cp", "-a", "--no-preserve=ownership", full, os.path.join(store, name)], check=True)
+            seen.add(name)
+            paths.append((name, size))
+            total += size
+            if total >= size_mib << 20:
+                break
+        if total >= size_mib << 20:
+            break
+    h = "sha256:" + "0" * 52
+    with open(reg, "w") as f:
+        for name, size in sorted(paths):
+            f.write(f"/nix/store/{name}\n{h}\n{size}\n\n0\n")
+    print(f"input: {len(paths)} store paths, {total / 2**20:.0f} MiB in {store}", file=sys.stderr)
+    return store, reg
+
+
+def timed(cmd, out):
+    """Run a shell command; return (wall s, cpu s, peak RSS MiB, output bytes)."""
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    elif os.path.exists(out):
+        os.unlink(out)
+    subprocess.run(["sync"], check=True)
+    stats = tempfile.NamedTemporaryFile(delete=False).name
+    subprocess.run(["/usr/bin/time", "-o", stats, "-f", "%e %U %S %M", "sh", "-c", cmd], check=True,
+                   stdout=subprocess.DEVNULL)
+    wall, user, sys_, rss = open(stats).read().split()[-4:]
+    os.unlink(stats)
+    size = du(out) if os.path.isdir(out) else os.path.getsize(out)
+    return float(wall), float(user) + float(sys_), int(rss) / 1024, size
+
+
+def median_run(cmd, out, runs):
+    results = [timed(cmd, out) for _ in range(runs)]
+    return tuple(statistics.median(r[i] for r in results) for i in range(4))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="512,1024", help="input sizes in MiB (comma-separated)")
+    ap.add_argument("--runs", type=int, default=1, help="runs per measurement; the median is shown")
+    ap.add_argument("--work", default=os.path.join(ROOT, "target/bench"), help="scratch directory")
+    ap.add_argument("--only", default="", help="comma-separated subset: zstd,xz,initrd,tree,limit")
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    want = lambda k: not only or k in only
+
+    mkkexec = os.path.join(ROOT, "target/release/mkkexec")
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    cores = os.cpu_count()
+    os.makedirs(args.work, exist_ok=True)
+    stage1 = os.path.join(args.work, "stage1.gz")
+    subprocess.run(f"cd {ROOT}/tests/fixture && echo stage1-init | cpio -o -H newc --quiet | gzip -9n > {stage1}",
+                   shell=True, check=True)
+    kernel = os.path.join(ROOT, ".cache/kernel/vmlinuz")
+    if not os.path.exists(kernel):
+        kernel = "/bin/busybox"  # any file stands in for the kernel here
+
+    mk_flags = "-no-hardlinks -keep-as-directory -all-root -b 1048576 -root-mode 0755 -quiet -no-progress"
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        d = os.path.join(args.work, f"input-{size}")
+        store, reg = make_input(d, size)
+        paths = " ".join(os.path.join(store, p) for p in sorted(os.listdir(store)))
+        o = lambda n: os.path.join(d, n)
+        # make-squashfs.nix puts the registration beside the store paths.
+        shutil.copy(reg, o("nix-path-registration"))
+        mksq = f"mksquashfs {o('nix-path-registration')} {paths} {{out}} {mk_flags} -processors {cores}"
+        ours_sq = f"{mkkexec} -q squashfs --closure {reg} --root {d} -o {{out}}"
+        if want("zstd"):
+            a = median_run(ours_sq.format(out=o("ours.zstd")) + " --compression zstd --level 19", o("ours.zstd"), args.runs)
+            b = median_run(mksq.format(out=o("ref.zstd")) + " -comp zstd -Xcompression-level 19", o("ref.zstd"), args.runs)
+            rows.append((f"{size} MiB squashfs zstd-19", a, b))
+        if want("xz"):
+            a = median_run(ours_sq.format(out=o("ours.xz")) + " --compression xz", o("ours.xz"), args.runs)
+            b = median_run(mksq.format(out=o("ref.xz")) + " -comp xz -Xdict-size 100%", o("ref.xz"), args.runs)
+            rows.append((f"{size} MiB squashfs xz", a, b))
+        if want("initrd"):
+            img = o("ref.zstd")
+            if not os.path.exists(img):
+                subprocess.run(mksq.format(out=img) + " -comp zstd -Xcompression-level 3", shell=True, check=True)
+            os.makedirs(o("initrd-in"), exist_ok=True)
+            shutil.copy(img, o("initrd-in/nix-store.squashfs"))
+            a = median_run(f"{mkkexec} -q initrd --file {img}:/nix-store.squashfs -o {o('ours.initrd')}",
+                           o("ours.initrd"), args.runs)
+            b = median_run(f"cd {o('initrd-in')} && find . | sort | cpio -o -H newc --quiet | zstd -19 -T0 -q > {o('ref.initrd')}",
+                           o("ref.initrd"), args.runs)
+            rows.append((f"{size} MiB initrd zstd-19", a, b))
+        if want("tree"):
+            a = median_run(f"{mkkexec} -q tree --closure {reg} --root {d} --toplevel /nix/store/{sorted(os.listdir(store))[0]} "
+                           f"--kernel {kernel} --prepend-initrd {stage1} -o {o('ours-tree')}", o("ours-tree"), args.runs)
+            pipeline = (f"mkdir -p {o('ref-tree')}/in && " + mksq.format(out=o("ref-tree") + "/in/nix-store.squashfs")
+                        + " -comp zstd -Xcompression-level 19 && "
+                        f"(cat {stage1}; cd {o('ref-tree')}/in && find . | sort | cpio -o -H newc --quiet | zstd -19 -T0 -q) "
+                        f"> {o('ref-tree')}/initrd.gz && rm -r {o('ref-tree')}/in && cp {kernel} {o('ref-tree')}/bzImage")
+            b = median_run(pipeline, o("ref-tree"), args.runs)
+            rows.append((f"{size} MiB tree (nixpkgs pipeline)", a, b))
+        if want("limit"):
+            r = timed(f"tar -C {d} -cf - nix | zstd -19 -T1 -q --zstd=wlog=20 > {o('limit.zst')}", o("limit.zst"))
+            rows.append((f"{size} MiB limit: zstd-19 CPU / {cores} cores", (r[1] / cores, r[1], r[2], r[3]), None))
+
+    print(f"\n| case | ours wall s | theirs wall s | wall ratio | ours CPU s | theirs CPU s | ours RSS MiB | theirs RSS MiB | RSS ratio | ours MB | theirs MB | size ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, a, b in rows:
+        if b is None:
+            print(f"| {name} | {a[0]:.1f} | | | {a[1]:.1f} | | {a[2]:.0f} | | | {a[3] / 1e6:.1f} | | |")
+            continue
+        print(f"| {name} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f} | {a[1]:.1f} | {b[1]:.1f} | {a[2]:.0f} | {b[2]:.0f} "
+              f"| {a[2] / b[2]:.2f} | {a[3] / 1e6:.1f} | {b[3] / 1e6:.1f} | {a[3] / b[3]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
