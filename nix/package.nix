@@ -25,6 +25,8 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../src
       ../tests
+      # backhand with the patches in vendor/backhand/PATCHES.md
+      ../vendor
     ];
   };
 

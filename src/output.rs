@@ -8,6 +8,20 @@ use std::io::{BufWriter, Write};
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
+/// A temporary name in the directory of `dest` (so that a rename to `dest`
+/// is atomic), creating that directory: Nix builders start without $out.
+pub fn temp_beside(dest: &Utf8Path) -> Result<Utf8PathBuf> {
+    let name = dest
+        .file_name()
+        .with_context(|| format!("output {dest} has no file name"))?;
+    let dir = match dest.parent() {
+        Some(p) if !p.as_str().is_empty() => p.to_owned(),
+        _ => Utf8PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir} for {dest}"))?;
+    Ok(dir.join(format!(".{name}.tmp-{}", std::process::id())))
+}
+
 /// A file being written; dropped without [`AtomicFile::commit`] it is removed.
 pub struct AtomicFile {
     tmp: Utf8PathBuf,
@@ -17,28 +31,17 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Utf8Path) -> Result<Self> {
-        let name = dest
-            .file_name()
-            .with_context(|| format!("output {dest} has no file name"))?;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_str().is_empty() => p.to_owned(),
-            _ => Utf8PathBuf::from("."),
-        };
-        // Nix builders start without $out: create the directories leading to it.
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir} for {dest}"))?;
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = temp_beside(dest)?;
         let file = File::create(&tmp).with_context(|| {
-            format!("cannot create {tmp} (the temporary file for {dest}); does {dir} exist and is it writable?")
+            format!(
+                "cannot create {tmp} (the temporary file for {dest}); is its directory writable?"
+            )
         })?;
         Ok(AtomicFile {
             tmp,
             dest: dest.to_owned(),
             file: Some(BufWriter::with_capacity(1 << 20, file)),
         })
-    }
-
-    pub fn path(&self) -> &Utf8Path {
-        &self.dest
     }
 
     /// Flush, sync and rename into place.

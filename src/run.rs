@@ -6,6 +6,7 @@ use camino::Utf8Path;
 use crate::cli::{Cli, ClosureArgs, Command};
 use crate::closure::Closure;
 use crate::compress::InitrdCompression;
+use crate::squashfs::SquashfsCompression;
 use crate::{initrd, inspect, script, squashfs, tarball, tree};
 
 fn jobs(j: u32) -> u32 {
@@ -28,6 +29,21 @@ fn initrd_opts(c: InitrdCompression, level: Option<u32>, cli: &Cli) -> Result<in
     })
 }
 
+fn squashfs_opts(
+    c: SquashfsCompression,
+    level: Option<u32>,
+    block_size: u32,
+    cli: &Cli,
+) -> squashfs::Options {
+    squashfs::Options {
+        compression: c,
+        level,
+        block_size,
+        jobs: jobs(cli.jobs),
+        quiet: cli.quiet,
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Squashfs {
@@ -38,13 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
             block_size,
         } => {
             let c = load(closure)?;
-            let opts = squashfs::Options {
-                compression: *compression,
-                level: *level,
-                block_size: *block_size,
-                jobs: jobs(cli.jobs),
-                quiet: cli.quiet,
-            };
+            let opts = squashfs_opts(*compression, *level, *block_size, &cli);
             squashfs::build(&c, &closure.root, output, &opts)?;
         }
         Command::Initrd {
@@ -78,13 +88,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 kernel,
                 prepend_initrd,
                 kernel_params,
-                squashfs: squashfs::Options {
-                    compression: squashfs.squashfs_compression,
-                    level: squashfs.squashfs_level,
-                    block_size: squashfs.block_size,
-                    jobs: jobs(cli.jobs),
-                    quiet: cli.quiet,
-                },
+                squashfs: squashfs_opts(
+                    squashfs.squashfs_compression,
+                    squashfs.squashfs_level,
+                    squashfs.block_size,
+                    &cli,
+                ),
                 initrd: initrd_opts(initrd.initrd_compression, initrd.initrd_level, &cli)?,
             };
             tree::build(&c, output, &opts)?;

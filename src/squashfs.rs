@@ -75,18 +75,6 @@ pub struct Options {
 
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            compression: SquashfsCompression::Zstd,
-            level: None,
-            block_size: DEFAULT_BLOCK_SIZE,
-            jobs: 0,
-            quiet: false,
-        }
-    }
-}
-
 impl Options {
     fn level(&self) -> Result<u32> {
         let c = self.compression;
@@ -100,7 +88,8 @@ impl Options {
         if !c.levels().contains(&level) {
             let r = c.levels();
             bail!(
-                "level {level} is out of range for {c:?} squashfs compression (use {} to {})",
+                "level {level} is out of range for {} squashfs compression (use {} to {})",
+                format!("{c:?}").to_lowercase(),
                 r.start(),
                 r.end()
             );
@@ -176,6 +165,7 @@ struct LazyReader {
     size: u64,
     read: u64,
     file: Option<File>,
+    done: bool,
     counters: Arc<Counters>,
 }
 
@@ -184,10 +174,10 @@ impl Read for LazyReader {
         let wrap = |e: io::Error, path: &Path| {
             io::Error::new(e.kind(), format!("{}: {e}", path.display()))
         };
+        if self.done {
+            return Ok(0);
+        }
         if self.file.is_none() {
-            if self.read > 0 {
-                return Ok(0);
-            }
             self.file = Some(File::open(&self.path).map_err(|e| wrap(e, &self.path))?);
             self.counters.add_file();
         }
@@ -199,6 +189,7 @@ impl Read for LazyReader {
         self.counters.add_bytes(n as u64);
         if n == 0 {
             self.file = None;
+            self.done = true;
             if self.read != self.size {
                 return Err(io::Error::other(format!(
                     "{}: changed size while being packed ({} bytes, then {})",
@@ -207,8 +198,6 @@ impl Read for LazyReader {
                     self.read
                 )));
             }
-            // Mark as finished even for an empty file.
-            self.read = self.read.max(1);
         }
         Ok(n)
     }
@@ -256,6 +245,7 @@ impl Walker {
                 size,
                 read: 0,
                 file: None,
+                done: false,
                 counters: Arc::clone(&self.counters),
             };
             self.fs.push_file(reader, dest, h).with_context(ctx)?;
@@ -372,7 +362,7 @@ pub fn build(
     if !opts.quiet {
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         eprintln!(
-            "squashfs: {output}: {} store paths, {} files, {} → {} \
+            "squashfs: {} store paths, {} files, {} → {} \
              ({hits} blocks compressed ahead, {misses} in line)",
             closure.paths.len(),
             stats.files,

@@ -52,13 +52,26 @@ pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
 }
 
 /// The bytes the kernel will unpack from the initrds in `paths`.
+/// An initrd mkkexec cannot read (lz4, bzip2, lzma members) counts as four
+/// times its size: the figure only feeds kexec-boot's memory check.
 pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
     let mut total = 0;
     for p in paths {
-        total += initrd::scan(p)?
-            .iter()
-            .map(initrd::Segment::unpacked_size)
-            .sum::<u64>();
+        total += match initrd::scan(p) {
+            Ok(segments) => segments
+                .iter()
+                .map(initrd::Segment::unpacked_size)
+                .sum::<u64>(),
+            Err(e) => {
+                let size = std::fs::metadata(p)
+                    .with_context(|| format!("cannot read {p}"))?
+                    .len();
+                eprintln!(
+                    "mkkexec: warning: {e:#}; estimating its unpacked size as 4 × {size} bytes"
+                );
+                4 * size
+            }
+        };
     }
     Ok(total)
 }
@@ -80,14 +93,7 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     if out.exists() && !out.join("kexec-boot").exists() {
         bail!("{out} exists and is not a kexec tree; remove it or choose another --output");
     }
-    let name = out
-        .file_name()
-        .with_context(|| format!("--output {out} has no directory name"))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_str().is_empty() => p.to_owned(),
-        _ => Utf8PathBuf::from("."),
-    };
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = crate::output::temp_beside(out)?;
     let result = build_in(closure, &tmp, opts, &toplevel.to_string());
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -30,7 +30,8 @@ in
 pkgs.testers.runNixOSTest {
   name = "nixos-kexec";
   nodes.machine = {
-    virtualisation.memorySize = 2048;
+    # kexec-boot wants the initrd, twice the store it unpacks, and 256 MiB.
+    virtualisation.memorySize = 3072;
     system.extraDependencies = [ target.config.system.build.kexecTarball ];
   };
   testScript = ''
@@ -38,7 +39,10 @@ pkgs.testers.runNixOSTest {
     machine.succeed("tar -xzf ${tarball} -C /")
     machine.succeed("/nixos-kexec/kexec --version")
     # kexec-boot does not return: start it detached from the test's shell.
-    machine.succeed("systemd-run --no-block --unit=kexec-now /nixos-kexec/bin/nixos-kexec")
+    machine.succeed(
+        "systemd-run --no-block --unit=kexec-now --setenv=PATH=/run/current-system/sw/bin "
+        "/nixos-kexec/bin/nixos-kexec"
+    )
     machine.wait_for_console_text("${marker}")
     machine.crash()
   '';
