@@ -100,24 +100,23 @@ impl Method {
         bytes: &[u8],
         fc: FilesystemCompressor,
     ) -> Result<Vec<u8>, BackhandError> {
-        match self.compression {
-            SquashfsCompression::None => return Ok(Self::give_up(bytes)),
+        Ok(match self.compression {
+            SquashfsCompression::None => Self::give_up(bytes),
             SquashfsCompression::Gzip | SquashfsCompression::Lz4 => {
-                return DefaultCompressor.compress(bytes, fc, self.block_size);
+                DefaultCompressor.compress(bytes, fc, self.block_size)?
             }
-            SquashfsCompression::Zstd | SquashfsCompression::Xz => {}
-        }
-        if self.compression == SquashfsCompression::Xz {
-            return Ok(xz_compress(bytes, self.level, self.block_size)?);
-        }
-        // Incompressible data (already compressed files) costs as much as any
-        // other at zstd's slow levels: a fast probe that finds nothing ends it.
-        // Not for xz: it still gains a little where zstd -1 gains nothing
-        // (measured: 0.2% of the image).
-        if bytes.len() >= 4096 && zstd_compress(bytes, 1)?.len() >= bytes.len() {
-            return Ok(Self::give_up(bytes));
-        }
-        Ok(zstd_compress(bytes, self.level as i32)?)
+            // No probe for xz: it still gains a little where zstd -1 gains
+            // nothing (measured: 0.2% of the image).
+            SquashfsCompression::Xz => xz_compress(bytes, self.level, self.block_size)?,
+            // Incompressible data (already compressed files) costs as much as
+            // any other at zstd's slow levels: a fast probe that finds nothing ends it.
+            SquashfsCompression::Zstd
+                if bytes.len() >= 4096 && zstd_compress(bytes, 1)?.len() >= bytes.len() =>
+            {
+                Self::give_up(bytes)
+            }
+            SquashfsCompression::Zstd => zstd_compress(bytes, self.level as i32)?,
+        })
     }
 }
 
@@ -302,9 +301,7 @@ impl Pipeline {
             threads,
         }
     }
-}
 
-impl Pipeline {
     /// (blocks found compressed ahead, blocks compressed on the spot)
     pub fn hits_misses(&self) -> (u64, u64) {
         let s = &self.compressor.shared;

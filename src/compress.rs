@@ -46,18 +46,33 @@ impl InitrdCompression {
 
     /// The level to use: `level` if given and valid, else the default.
     pub fn level(self, level: Option<u32>) -> Result<u32> {
-        let level = level.unwrap_or(self.default_level());
-        let range = self.levels();
-        if !range.contains(&level) {
-            bail!(
-                "level {level} is out of range for {} initrd compression (use {} to {})",
-                format!("{self:?}").to_lowercase(),
-                range.start(),
-                range.end()
-            );
-        }
-        Ok(level)
+        check_level("initrd", self, level, self.default_level(), self.levels())
     }
+}
+
+/// The level to use for `compression` of `what` (initrd, squashfs): `given`
+/// if it is in `range`, else `default`; compressions without levels (range
+/// `0..=0`) take none.
+pub fn check_level(
+    what: &str,
+    compression: impl std::fmt::Debug,
+    given: Option<u32>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32> {
+    let name = format!("{compression:?}").to_lowercase();
+    if range == (0..=0) && given.is_some() {
+        bail!("{name} {what} compression takes no level; leave --level out");
+    }
+    let level = given.unwrap_or(default);
+    if !range.contains(&level) {
+        bail!(
+            "level {level} is out of range for {name} {what} compression (use {} to {})",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(level)
 }
 
 /// xz block size: fixed so the output does not depend on the thread count.

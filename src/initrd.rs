@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -107,7 +108,7 @@ fn plan(files: &[FileSpec]) -> Result<BTreeMap<String, Entry>> {
     Ok(entries)
 }
 
-/// Copy `r` while counting bytes for progress.
+/// A reader that counts the bytes read (progress, offsets).
 struct Counting<R> {
     inner: R,
     counters: Arc<Counters>,
@@ -199,19 +200,6 @@ impl Segment {
     }
 }
 
-struct CountingReader<R> {
-    inner: R,
-    pos: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 /// Read the cpio entries from `r` up to the trailer, then drain `r`.
 fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
     loop {
@@ -236,7 +224,12 @@ fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
 /// Split an initrd into its members and list each one's entries.
 pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
     let f = File::open(path).with_context(|| format!("cannot open {path}"))?;
-    let mut r = BufReader::with_capacity(1 << 16, CountingReader { inner: f, pos: 0 });
+    let read = Arc::new(Counters::default());
+    let counting = Counting {
+        inner: f,
+        counters: Arc::clone(&read),
+    };
+    let mut r = BufReader::with_capacity(1 << 16, counting);
     let mut segments = vec![];
     loop {
         // Skip the zero padding between members.
@@ -252,7 +245,7 @@ pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
                 break;
             }
         }
-        let offset = r.get_ref().pos - r.buffer().len() as u64;
+        let offset = read.bytes.load(Ordering::Relaxed) - r.buffer().len() as u64;
         let head = r.fill_buf()?;
         let compression = crate::compress::sniff(head)
             .with_context(|| format!("{path}: unknown data at byte {offset}: not a cpio or a compression the kernel knows"))?;

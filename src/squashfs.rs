@@ -78,23 +78,7 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 impl Options {
     fn level(&self) -> Result<u32> {
         let c = self.compression;
-        let level = self.level.unwrap_or(c.default_level());
-        if c.levels() == (0..=0) && self.level.is_some() {
-            bail!(
-                "{} squashfs compression takes no level; leave --level out",
-                format!("{c:?}").to_lowercase()
-            );
-        }
-        if !c.levels().contains(&level) {
-            let r = c.levels();
-            bail!(
-                "level {level} is out of range for {} squashfs compression (use {} to {})",
-                format!("{c:?}").to_lowercase(),
-                r.start(),
-                r.end()
-            );
-        }
-        Ok(level)
+        crate::compress::check_level("squashfs", c, self.level, c.default_level(), c.levels())
     }
 
     fn check_block_size(&self) -> Result<()> {
@@ -107,10 +91,9 @@ impl Options {
         Ok(())
     }
 
-    fn fs_compressor(&self) -> Result<FilesystemCompressor> {
+    fn fs_compressor(&self, level: u32) -> Result<FilesystemCompressor> {
         use backhand::compression::{CompressionOptions as O, Gzip, Lz4, Xz, Zstd};
         use backhand::v4::compressor::XzFilter;
-        let level = self.level()?;
         let (id, options) = match self.compression {
             SquashfsCompression::Zstd => (
                 Compressor::Zstd,
@@ -292,7 +275,8 @@ pub fn build(
     opts: &Options,
 ) -> Result<Stats> {
     opts.check_block_size()?;
-    let fc = opts.fs_compressor()?;
+    let level = opts.level()?;
+    let fc = opts.fs_compressor(level)?;
     closure.check_present(root)?;
 
     let registration = Arc::new(closure.registration().into_bytes());
@@ -339,7 +323,7 @@ pub fn build(
     sources.sort_by(|a, b| a.0.cmp(&b.0));
     let method = Method {
         compression: opts.compression,
-        level: opts.level()?,
+        level,
         block_size: opts.block_size,
     };
     let sources = sources.into_iter().map(|(_, s)| s).collect();

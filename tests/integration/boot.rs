@@ -277,26 +277,21 @@ fn kexec_hop_from_a_foreign_host_boots_the_tarball() {
     );
 }
 
+/// The host printed kexec-boot's `sentence`, stayed up, and booted nothing.
+fn assert_refused(log: &str, sentence: &str) {
+    assert!(log.contains(sentence), "{}", tail(log));
+    assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(log));
+    assert!(!log.contains(MARKER));
+}
+
 #[test]
 fn kexec_hop_refused_when_kexec_is_disabled() {
     let log = hop("hop-disabled", true, 1024);
-    assert!(
-        log.contains("kexec is disabled on this machine"),
-        "{}",
-        tail(&log)
-    );
-    assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(&log));
-    assert!(!log.contains(MARKER));
+    assert_refused(&log, "kexec is disabled on this machine");
 }
 
 #[test]
 fn kexec_hop_refused_without_enough_memory() {
     let log = hop("hop-small", false, 224);
-    assert!(
-        log.contains("not enough memory: this image needs about"),
-        "{}",
-        tail(&log)
-    );
-    assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(&log));
-    assert!(!log.contains(MARKER));
+    assert_refused(&log, "not enough memory: this image needs about");
 }
