@@ -117,6 +117,9 @@ in
       initrd,
       kernelParams ? [ ],
       ipxe ? false,
+      # The file names netboot.ipxe asks its server for.
+      kernelName ? null,
+      initrdName ? null,
       name ? if ipxe then "netboot.ipxe" else "kexec-boot",
     }:
     runMkkexec {
@@ -127,7 +130,11 @@ in
         "${toplevel}"
         "--initrd"
         "${initrd}"
-      ] ++ kernelParamArgs kernelParams ++ (if ipxe then [ "--ipxe" ] else [ ]);
+      ]
+      ++ kernelParamArgs kernelParams
+      ++ (if ipxe then [ "--ipxe" ] else [ ])
+      ++ optionalArgs "--kernel-name" kernelName
+      ++ optionalArgs "--initrd-name" initrdName;
       outputSuffix = if ipxe then "/netboot.ipxe" else "";
     };
 
@@ -163,14 +170,15 @@ in
         ++ kernelParamArgs kernelParams;
     };
 
-  # <out>/tarball/nixos-system-<targetSystem>.tar.gz: unpacked at /, it gives
-  # /nixos-kexec/bin/nixos-kexec.
+  # <out>/<filePath>: unpacked at /, it gives /nixos-kexec/bin/nixos-kexec.
   tarball =
     {
       tree,
       # A static kexec to bundle, or null to rely on the host's.
       kexec ? null,
-      targetSystem ? system,
+      # Where the tarball goes below the output; the module passes
+      # config.image.filePath (nixos-system-<host system>.tar.gz).
+      filePath ? "tarball/nixos-system-${system}.tar.gz",
       name ? "nixos-kexec-tarball",
     }:
     runMkkexec {
@@ -180,6 +188,6 @@ in
         "--tree"
         "${tree}"
       ] ++ optionalArgs "--kexec" kexec;
-      outputSuffix = "/tarball/nixos-system-${targetSystem}.tar.gz";
+      outputSuffix = "/${filePath}";
     };
 }

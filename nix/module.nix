@@ -1,26 +1,34 @@
-# Makes a NixOS system bootable with kexec (and iPXE), like nixpkgs'
-# nixos/modules/installer/netboot/netboot.nix, but built by mkkexec:
+# nixpkgs' installer/netboot/netboot.nix, with its images built by mkkexec.
+#
+# netboot.nix keeps everything that is not an image: the tmpfs root, the
+# squashfs + overlay mounts of the store (for the scripted and the systemd
+# stage 1 alike), netboot.storeContents and the registration of the store at
+# boot. This module replaces only its builders (with lib.mkForce) and adds
+# what is ours:
 #
 #   system.build.squashfsStore      the store as a squashfs image
 #   system.build.netbootRamdisk     <out>/initrd: stage 1 + /nix-store.squashfs
 #   system.build.kexecScript        kexec-boot
 #   system.build.kexecTree          bzImage, initrd.gz, kexec-boot, netboot.ipxe, bin/nixos-kexec
-#   system.build.netbootIpxeScript  <out>/netboot.ipxe
-#   system.build.kexecTarball       <out>/tarball/nixos-system-<system>.tar.gz
+#   system.build.netbootIpxeScript  <out>/netboot.ipxe (for <kernel target> and initrd beside it)
+#   system.build.kexecTarball       <out>/tarball/nixos-system-<system>.tar.gz (also system.build.image)
+#
+# It may be imported beside netboot-minimal.nix or netboot-base.nix, as
+# nixpkgs' manual describes: the module system imports netboot.nix once.
 {
   config,
   lib,
   pkgs,
-  options,
+  modulesPath,
   ...
 }:
 let
   cfg = config.nixosKexec;
   inherit (lib)
     literalExpression
+    literalMD
     mkDefault
-    mkIf
-    mkImageMediaOverride
+    mkForce
     mkOption
     types
     ;
@@ -33,26 +41,93 @@ let
     system = pkgs.stdenv.buildPlatform.system;
   };
 
-  # nixpkgs' netboot.nix declares netboot.storeContents.
-  netbootImported = options ? netboot && options.netboot ? storeContents;
-
+  hostSystem = pkgs.stdenv.hostPlatform.system;
+  toplevel = config.system.build.toplevel;
   kernel = "${config.system.build.kernel}/${config.system.boot.loader.kernelFile}";
   stage1 = "${config.system.build.initialRamdisk}/${config.system.boot.loader.initrdFile}";
   kernelParams = config.boot.kernelParams ++ cfg.kernelParams;
-  squashfsSettings = {
-    squashfsCompression = cfg.squashfs.compression;
-    squashfsLevel = cfg.squashfs.level;
+  # The toplevel is always in the image, whatever netboot.storeContents says:
+  # without it the kexec'd kernel finds no init. (An assertion could not say
+  # so: nixpkgs builds the toplevel through the assertions.)
+  storeContents = [ toplevel ] ++ config.netboot.storeContents;
+
+  upstreamSquashfs = parseSquashfsCompression config.netboot.squashfsCompression;
+  squashfs = {
+    compression =
+      if cfg.squashfs.compression != null then cfg.squashfs.compression else upstreamSquashfs.compression;
+    level =
+      if cfg.squashfs.compression != null || cfg.squashfs.level != null then
+        cfg.squashfs.level
+      else
+        upstreamSquashfs.level;
   };
-  initrdSettings = {
-    initrdCompression = cfg.initrd.compression;
-    initrdLevel = cfg.initrd.level;
-  };
+  # Set only when netboot.squashfsCompression decides and asks for something
+  # mkkexec does not write.
+  squashfsError =
+    if cfg.squashfs.compression == null && upstreamSquashfs.error != null then
+      upstreamSquashfs.error
+    else
+      null;
+  checkedSquashfs = if squashfsError == null then squashfs else throw squashfsError;
+
+  # netboot.squashfsCompression holds mksquashfs arguments, e.g.
+  # "zstd -Xcompression-level 19" (nixpkgs' default) or
+  # "xz -Xdict-size 100% -Xbcj x86" (older nixpkgs). mkkexec writes the
+  # compressor and level; its xz dictionary is always the block size (100%).
+  parseSquashfsCompression =
+    s:
+    let
+      words = lib.filter (w: w != "") (lib.splitString " " s);
+      compression = lib.head (words ++ [ "zstd" ]);
+      go =
+        acc: rest:
+        if rest == [ ] then
+          acc
+        else
+          let
+            flag = lib.head rest;
+            value = lib.elemAt rest 1;
+            next = lib.drop 2 rest;
+            hasValue = lib.length rest >= 2;
+          in
+          if flag == "-Xcompression-level" && hasValue && builtins.match "[0-9]+" value != null then
+            go (acc // { level = lib.toInt value; }) next
+          else if compression == "xz" && flag == "-Xdict-size" && hasValue && value == "100%" then
+            go acc next
+          else
+            acc // { unsupported = acc.unsupported ++ [ flag ]; };
+      parsed = go {
+        level = null;
+        unsupported = [ ];
+      } (lib.drop 1 words);
+      known = lib.elem compression [
+        "zstd"
+        "xz"
+        "gzip"
+        "lz4"
+      ];
+    in
+    {
+      inherit compression;
+      inherit (parsed) level;
+      error =
+        if !known || parsed.unsupported != [ ] then
+          ''
+            nixos-kexec: netboot.squashfsCompression = "${s}" asks for ${
+              if known then "`${lib.head parsed.unsupported}`" else "the compressor `${compression}`"
+            }, which mkkexec does not write.
+            Set nixosKexec.squashfs.compression (zstd, xz, gzip, lz4 or none) and
+            nixosKexec.squashfs.level instead, or netboot.squashfsCompression to
+            "<compressor> [-Xcompression-level N]".''
+        else
+          null;
+    };
 
   # boot.initrd.compressor may be a name or a function of pkgs; mkkexec
   # writes zstd, gzip (pigz's format too) and xz itself.
-  compressorDefault =
+  initrdCompressionOf =
+    c:
     let
-      c = config.boot.initrd.compressor;
       byName = {
         zstd = "zstd";
         gzip = "gzip";
@@ -62,41 +137,48 @@ let
       };
     in
     if builtins.isString c && byName ? ${c} then byName.${c} else "zstd";
+
+  squashfsSettings = {
+    squashfsCompression = checkedSquashfs.compression;
+    squashfsLevel = checkedSquashfs.level;
+  };
+  initrdSettings = {
+    initrdCompression = cfg.initrd.compression;
+    initrdLevel = cfg.initrd.level;
+  };
+  bootSettings = {
+    inherit toplevel kernelParams;
+  };
 in
 {
+  imports = [ (modulesPath + "/installer/netboot/netboot.nix") ];
+
   options.nixosKexec = {
     package = mkOption {
       type = types.package;
       default = pkgs.buildPackages.callPackage ./package.nix { };
-      defaultText = literalExpression "pkgs.buildPackages.callPackage ./package.nix { }";
+      defaultText = literalExpression "pkgs.buildPackages.callPackage ./nix/package.nix { }";
       description = "The mkkexec package that builds the images (run on the build platform).";
-    };
-
-    storeContents = mkOption {
-      type = types.listOf types.package;
-      default = [ config.system.build.toplevel ];
-      defaultText = literalExpression "[ config.system.build.toplevel ]";
-      example = literalExpression "[ config.system.build.toplevel pkgs.stdenv ]";
-      description = ''
-        Store paths whose closure goes into the squashfs image. The system's
-        toplevel must be among them.
-      '';
     };
 
     squashfs = {
       compression = mkOption {
-        type = types.enum [
-          "zstd"
-          "xz"
-          "gzip"
-          "lz4"
-          "none"
-        ];
-        default = "zstd";
+        type = types.nullOr (
+          types.enum [
+            "zstd"
+            "xz"
+            "gzip"
+            "lz4"
+            "none"
+          ]
+        );
+        default = null;
         example = "xz";
         description = ''
-          Block compression of the store image. zstd decompresses fastest; xz
-          is smallest; the kernel needs the matching CONFIG_SQUASHFS_* option.
+          Block compression of the store image; null follows
+          `netboot.squashfsCompression` (nixpkgs' default: zstd level 19). zstd
+          decompresses fastest, xz is smallest; the kernel needs the matching
+          CONFIG_SQUASHFS_* option.
         '';
       };
       level = mkOption {
@@ -104,9 +186,10 @@ in
         default = null;
         example = 22;
         description = ''
-          Compression level (zstd 1-22, xz 0-9, gzip 1-9); null takes mkkexec's
-          default (zstd 19, as NixOS' netboot image, xz 6, gzip 9). lz4 and none
-          take no level.
+          Compression level (zstd 1-22, xz 0-9, gzip 1-9; lz4 and none take
+          none). null takes the level of `netboot.squashfsCompression` when
+          `compression` is null too, else mkkexec's default (zstd 19, xz 6,
+          gzip 9).
         '';
       };
     };
@@ -119,9 +202,10 @@ in
           "xz"
           "none"
         ];
-        default = compressorDefault;
-        defaultText = literalExpression ''
-          config.boot.initrd.compressor when mkkexec writes it (zstd, gzip, pigz, xz), else "zstd"
+        default = initrdCompressionOf config.boot.initrd.compressor;
+        defaultText = literalMD ''
+          `config.boot.initrd.compressor` when mkkexec writes it (zstd, gzip,
+          pigz, xz; cat gives none), else `"zstd"`
         '';
         example = "none";
         description = ''
@@ -144,7 +228,7 @@ in
       example = [ "console=ttyS0,115200" ];
       description = ''
         Kernel parameters for the kexec'd (or netbooted) kernel, after `init=`
-        and boot.kernelParams.
+        and `boot.kernelParams`.
       '';
     };
 
@@ -160,122 +244,72 @@ in
   };
 
   config = {
+    # Read by the toplevel's assertions only: the builders below throw the
+    # same message, since building them does not go through the toplevel.
     assertions = [
       {
-        assertion = !netbootImported;
-        message = ''
-          nixos-kexec's module replaces nixpkgs' installer/netboot/netboot.nix
-          (both build system.build.kexecTree and mount the store the same way).
-          Remove netboot.nix, netboot-base.nix or netboot-minimal.nix from your
-          imports and use this module's options (nixosKexec.*) instead.
-        '';
-      }
-      {
-        assertion = builtins.elem config.system.build.toplevel cfg.storeContents;
-        message = ''
-          nixosKexec.storeContents must contain config.system.build.toplevel,
-          or the kexec'd kernel finds no init: add it to the list.
-        '';
+        assertion = squashfsError == null;
+        message = toString squashfsError;
       }
     ];
 
-    # No boot loader: the kernel is started by kexec or iPXE.
-    boot.loader.grub.enable = false;
+    # The tarball: <out>/tarball/nixos-system-<system>.tar.gz, which
+    # netboot.nix also offers as system.build.image.
+    image.baseName = mkDefault "nixos-system-${hostSystem}";
+    image.extension = mkForce "tar.gz";
+    image.filePath = mkForce "tarball/${config.image.fileName}";
 
-    # The same mounts as netboot.nix: / on tmpfs, the store a squashfs from
-    # the initrd under a tmpfs overlay.
-    fileSystems = mkIf (!netbootImported) {
-      "/" = mkImageMediaOverride {
-        fsType = "tmpfs";
-        options = [ "mode=0755" ];
-      };
-      "/nix/.ro-store" = mkImageMediaOverride {
-        fsType = "squashfs";
-        device = "../nix-store.squashfs";
-        options = [ "loop" ];
-        neededForBoot = true;
-      };
-      "/nix/.rw-store" = mkImageMediaOverride {
-        fsType = "tmpfs";
-        options = [ "mode=0755" ];
-        neededForBoot = true;
-      };
-      "/nix/store" = mkImageMediaOverride {
-        fsType = "overlay";
-        device = "overlay";
-        options = [
-          "lowerdir=/nix/.ro-store"
-          "upperdir=/nix/.rw-store/store"
-          "workdir=/nix/.rw-store/work"
-        ];
-        depends = [
-          "/nix/.ro-store"
-          "/nix/.rw-store/store"
-          "/nix/.rw-store/work"
-        ];
-      };
-    };
+    system.build = {
+      squashfsStore = mkForce (kexecLib.squashfs ({ inherit storeContents; } // squashfsSettings));
 
-    boot.initrd.availableKernelModules = [
-      "squashfs"
-      "overlay"
-    ];
-    boot.initrd.kernelModules = [
-      "loop"
-      "overlay"
-    ];
-
-    # Register the store the image carries, so that nix works on the booted
-    # system, and give nixos-rebuild the profile and tag it expects.
-    boot.postBootCommands = mkIf (!netbootImported) ''
-      ${config.nix.package}/bin/nix-store --load-db < /nix/store/nix-path-registration
-      touch /etc/NIXOS
-      ${config.nix.package}/bin/nix-env -p /nix/var/nix/profiles/system --set /run/current-system
-    '';
-
-    system.build = mkIf (!netbootImported) rec {
-      squashfsStore = kexecLib.squashfs ({ storeContents = cfg.storeContents; } // squashfsSettings);
-
-      netbootRamdisk = kexecLib.initrd (
-        {
-          initrd = stage1;
-          squashfs = squashfsStore;
-        }
-        // initrdSettings
+      netbootRamdisk = mkForce (
+        kexecLib.initrd (
+          {
+            initrd = stage1;
+            squashfs = config.system.build.squashfsStore;
+          }
+          // initrdSettings
+        )
       );
 
-      kexecScript = kexecLib.script {
-        toplevel = config.system.build.toplevel;
-        initrd = "${netbootRamdisk}/initrd";
-        inherit kernelParams;
-      };
+      kexecScript = mkForce (
+        kexecLib.script (bootSettings // { initrd = "${config.system.build.netbootRamdisk}/initrd"; })
+      );
 
-      netbootIpxeScript = kexecLib.script {
-        toplevel = config.system.build.toplevel;
-        initrd = "${netbootRamdisk}/initrd";
-        inherit kernelParams;
-        ipxe = true;
-      };
+      # Served from one directory with the kernel and the ramdisk under the
+      # names nixpkgs' netboot.nix uses: <kernel target> and initrd.
+      netbootIpxeScript = mkForce (
+        kexecLib.script (
+          bootSettings
+          // {
+            initrd = "${config.system.build.netbootRamdisk}/initrd";
+            ipxe = true;
+            kernelName = pkgs.stdenv.hostPlatform.linux-kernel.target;
+            initrdName = "initrd";
+          }
+        )
+      );
 
       # One mkkexec run: the squashfs goes straight into the initrd.
-      kexecTree = kexecLib.tree (
-        {
-          toplevel = config.system.build.toplevel;
-          inherit kernel kernelParams;
-          initrd = stage1;
-          inherit (cfg) storeContents;
-        }
-        // squashfsSettings
-        // initrdSettings
+      kexecTree = mkForce (
+        kexecLib.tree (
+          bootSettings
+          // {
+            inherit kernel storeContents;
+            initrd = stage1;
+          }
+          // squashfsSettings
+          // initrdSettings
+        )
       );
 
-      kexecTarball = kexecLib.tarball {
-        tree = kexecTree;
-        kexec = if cfg.kexecPackage == null then null else "${cfg.kexecPackage}/bin/kexec";
-        targetSystem = pkgs.stdenv.hostPlatform.system;
-      };
+      kexecTarball = mkForce (
+        kexecLib.tarball {
+          tree = config.system.build.kexecTree;
+          kexec = if cfg.kexecPackage == null then null else "${cfg.kexecPackage}/bin/kexec";
+          inherit (config.image) filePath;
+        }
+      );
     };
-
-    system.stateVersion = mkDefault lib.trivial.release;
   };
 }

@@ -12,4 +12,4 @@ scripts/setup.sh
 export INSTA_UPDATE=no CARGO_TERM_COLOR=never
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test "$@"
+cargo test "$@" -- --include-ignored

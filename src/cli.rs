@@ -156,6 +156,12 @@ pub enum Command {
         /// Write netboot.ipxe instead of kexec-boot.
         #[arg(long)]
         ipxe: bool,
+        /// With --ipxe: the kernel's file name beside netboot.ipxe on the server.
+        #[arg(long, default_value = "bzImage", requires = "ipxe")]
+        kernel_name: String,
+        /// With --ipxe: the initrd's file name beside netboot.ipxe on the server.
+        #[arg(long, default_value = "initrd.gz", requires = "ipxe")]
+        initrd_name: String,
         /// The script to write.
         #[arg(long, short)]
         output: Utf8PathBuf,

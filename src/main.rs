@@ -3,7 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    match mkkexec::run::run(mkkexec::cli::Cli::parse()) {
+    let cli = mkkexec::cli::Cli::parse();
+    if let Err(e) = mkkexec::output::on_signals() {
+        eprintln!("mkkexec: warning: {e:#}; an interrupted run may leave a temporary file");
+    }
+    match mkkexec::run::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mkkexec: error: {e:#}");

@@ -1,28 +1,120 @@
 //! Outputs appear whole or not at all: everything is written to a temporary
-//! file beside the destination and renamed over it at the end, so a failed
-//! or interrupted run never leaves a half-written image behind.
+//! file (or directory) beside the destination and renamed over it at the
+//! end. A failure anywhere — writing, flushing, syncing, renaming — removes
+//! the temporary, and so does SIGINT, SIGTERM or SIGHUP ([`on_signals`]).
+//!
+//! Temporary names are `.<name>.tmp-<random>`, created exclusively: a run
+//! never trips over what a SIGKILLed run left (SIGKILL cannot be caught, so
+//! such a leftover stays until removed by hand).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
-/// A temporary name in the directory of `dest` (so that a rename to `dest`
-/// is atomic), creating that directory: Nix builders start without $out.
-pub fn temp_beside(dest: &Utf8Path) -> Result<Utf8PathBuf> {
+/// Temporaries under way, removed by the signal handler.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while holding the lock leaves a list that is still right.
+    PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn forget(path: &Utf8Path) {
+    pending().retain(|p| p != path.as_std_path());
+}
+
+/// Remove every temporary under way and exit when SIGINT, SIGTERM or SIGHUP
+/// arrives. Called once by `main`.
+pub fn on_signals() -> Result<()> {
+    ctrlc::set_handler(|| {
+        for p in pending().drain(..) {
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+        eprintln!("mkkexec: interrupted; removed what was being written");
+        std::process::exit(130);
+    })
+    .context("cannot install the signal handler")
+}
+
+/// The directory `dest` goes into (created: Nix builders start without
+/// $out) and its file name, refusing a `dest` that is a directory.
+fn split(dest: &Utf8Path) -> Result<(Utf8PathBuf, &str)> {
     let name = dest
         .file_name()
         .with_context(|| format!("output {dest} has no file name"))?;
+    if dest.is_dir() {
+        bail!("output {dest} is a directory; name a file to write instead");
+    }
     let dir = match dest.parent() {
         Some(p) if !p.as_str().is_empty() => p.to_owned(),
         _ => Utf8PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir} for {dest}"))?;
-    Ok(dir.join(format!(".{name}.tmp-{}", std::process::id())))
+    Ok((dir, name))
 }
 
-/// A file being written; dropped without [`AtomicFile::commit`] it is removed.
+fn utf8(p: PathBuf) -> Result<Utf8PathBuf> {
+    Utf8PathBuf::from_path_buf(p).map_err(|p| anyhow::anyhow!("{} is not UTF-8", p.display()))
+}
+
+/// A temporary directory beside `dest`, to be renamed to `dest`; removed
+/// when dropped.
+pub struct TempDir {
+    path: Option<Utf8PathBuf>,
+}
+
+impl TempDir {
+    pub fn beside(dest: &Utf8Path) -> Result<Self> {
+        let dir = dest.parent().filter(|p| !p.as_str().is_empty());
+        let dir = dir.unwrap_or(Utf8Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir} for {dest}"))?;
+        let name = dest.file_name().unwrap_or("out");
+        let t = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp-"))
+            .tempdir_in(dir)
+            .with_context(|| format!("cannot create a temporary directory in {dir}"))?;
+        let path = utf8(t.keep())?;
+        pending().push(path.clone().into());
+        Ok(TempDir { path: Some(path) })
+    }
+
+    pub fn path(&self) -> &Utf8Path {
+        self.path.as_deref().unwrap_or(Utf8Path::new(""))
+    }
+
+    /// Rename into place at `dest`, which must not exist.
+    pub fn commit(mut self, dest: &Utf8Path) -> Result<()> {
+        let path = self.path.take().context("already committed")?;
+        match std::fs::rename(&path, dest) {
+            Ok(()) => {
+                forget(&path);
+                Ok(())
+            }
+            Err(e) => {
+                self.path = Some(path.clone());
+                Err(e).with_context(|| format!("cannot rename {path} to {dest}"))
+            }
+        }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_dir_all(&p);
+            forget(&p);
+        }
+    }
+}
+
+/// A file being written; dropped without a successful
+/// [`AtomicFile::commit`] it is removed.
 pub struct AtomicFile {
     tmp: Utf8PathBuf,
     dest: Utf8PathBuf,
@@ -31,12 +123,17 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Utf8Path) -> Result<Self> {
-        let tmp = temp_beside(dest)?;
-        let file = File::create(&tmp).with_context(|| {
-            format!(
-                "cannot create {tmp} (the temporary file for {dest}); is its directory writable?"
-            )
-        })?;
+        let (dir, name) = split(dest)?;
+        let (file, tmp) = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp-"))
+            .tempfile_in(&dir)
+            .with_context(|| {
+                format!("cannot create a temporary file in {dir} for {dest}; is {dir} writable?")
+            })?
+            .keep()
+            .context("cannot keep the temporary file")?;
+        let tmp = utf8(tmp)?;
+        pending().push(tmp.clone().into());
         Ok(AtomicFile {
             tmp,
             dest: dest.to_owned(),
@@ -44,17 +141,19 @@ impl AtomicFile {
         })
     }
 
-    /// Flush, sync and rename into place.
+    /// Flush, sync and rename into place; on any failure the temporary
+    /// file is removed (by `Drop`).
     pub fn commit(mut self) -> Result<()> {
-        let file = self.file.take().context("output already committed")?;
-        let file = file
-            .into_inner()
-            .map_err(|e| e.into_error())
+        let file = self.file.as_mut().context("output already committed")?;
+        file.flush()
             .with_context(|| format!("cannot write {}", self.tmp))?;
-        file.sync_all()
+        file.get_ref()
+            .sync_all()
             .with_context(|| format!("cannot write {}", self.tmp))?;
         std::fs::rename(&self.tmp, &self.dest)
             .with_context(|| format!("cannot rename {} to {}", self.tmp, self.dest))?;
+        self.file = None;
+        forget(&self.tmp);
         Ok(())
     }
 
@@ -106,6 +205,58 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
+            forget(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Utf8Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_directory_as_output_is_refused_and_leaves_nothing() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = Utf8Path::from_path(t.path()).expect("utf8");
+        std::fs::create_dir(dir.join("out")).expect("mkdir");
+        let e = AtomicFile::create(&dir.join("out")).err().expect("refused");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        assert_eq!(entries(dir), ["out"]);
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_nothing() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = Utf8Path::from_path(t.path()).expect("utf8");
+        let mut f = AtomicFile::create(&dir.join("out")).expect("create");
+        f.write_all(b"data").expect("write");
+        // The destination becomes a non-empty directory after the check.
+        std::fs::create_dir_all(dir.join("out/x")).expect("mkdir");
+        let e = f.commit().expect_err("rename over a directory");
+        assert!(format!("{e:#}").contains("cannot rename"), "{e:#}");
+        assert_eq!(entries(dir), ["out"]);
+        assert!(!pending().iter().any(|p| p.starts_with(dir)));
+    }
+
+    #[test]
+    fn temporary_names_do_not_collide_with_a_leftover() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = Utf8Path::from_path(t.path()).expect("utf8");
+        // What a SIGKILLed run of the same PID could have left.
+        let old = dir.join(format!(".out.tmp-{}", std::process::id()));
+        std::fs::write(&old, b"old").expect("write");
+        let mut f = AtomicFile::create(&dir.join("out")).expect("create");
+        f.write_all(b"new").expect("write");
+        f.commit().expect("commit");
+        assert_eq!(std::fs::read(dir.join("out")).expect("read"), b"new");
     }
 }

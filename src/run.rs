@@ -103,6 +103,8 @@ pub fn run(cli: Cli) -> Result<()> {
             initrd,
             kernel_params,
             ipxe,
+            kernel_name,
+            initrd_name,
             output,
         } => {
             let initrd_bytes = std::fs::metadata(initrd)
@@ -115,9 +117,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 unpacked_bytes: tree::unpacked_size(std::slice::from_ref(initrd))?,
             };
             let (text, mode) = if *ipxe {
-                (script::netboot_ipxe(&spec), 0o644)
+                (
+                    script::netboot_ipxe(&spec, kernel_name, initrd_name)?,
+                    0o644,
+                )
             } else {
-                (script::kexec_boot(&spec), 0o755)
+                (script::kexec_boot(&spec)?, 0o755)
             };
             tree::write_file(output, text.as_bytes(), mode)?;
         }

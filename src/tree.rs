@@ -76,6 +76,26 @@ pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
     Ok(total)
 }
 
+/// Whether `dir` holds nothing but what a tree holds (so replacing it
+/// loses nothing else); names the first stranger otherwise.
+fn stranger_in_tree(dir: &Utf8Path) -> Result<Option<Utf8PathBuf>> {
+    for rel in ["", "bin"] {
+        let d = dir.join(rel);
+        let entries = std::fs::read_dir(&d).with_context(|| format!("cannot read {d}"))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {d}"))?;
+            let name = e.file_name();
+            let path = Utf8Path::new(rel).join(name.to_string_lossy().as_ref());
+            let known = path == "bin" || FILES.iter().any(|(f, _)| path == *f);
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if !known || (is_dir != (path == "bin")) {
+                return Ok(Some(d.join(name.to_string_lossy().as_ref())));
+            }
+        }
+    }
+    Ok(None)
+}
+
 pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()> {
     let toplevel = crate::store_path::StorePath::from_absolute_path(opts.toplevel)
         .with_context(|| format!("--toplevel {}", opts.toplevel))?;
@@ -90,25 +110,69 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
             opts.kernel
         );
     }
-    if out.exists() && !out.join("kexec-boot").exists() {
-        bail!("{out} exists and is not a kexec tree; remove it or choose another --output");
+    if opts.prepend_initrd.is_empty() {
+        bail!(
+            "--prepend-initrd is missing: pass NixOS' stage-1 initrd \
+             (config.system.build.initialRamdisk/initrd), which mounts the store"
+        );
     }
-    let tmp = crate::output::temp_beside(out)?;
-    let result = build_in(closure, &tmp, opts, &toplevel.to_string());
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+    for p in opts.prepend_initrd {
+        if !p.is_file() {
+            bail!("--prepend-initrd {p} is not a file (NixOS' stage-1 initrd)");
+        }
     }
+    // The scripts' inputs are checked before the long work: the sizes are
+    // all that changes later.
+    let spec = BootSpec {
+        toplevel: opts.toplevel,
+        kernel_params: opts.kernel_params,
+        initrd_bytes: 0,
+        unpacked_bytes: 0,
+    };
+    script::kexec_boot(&spec)?;
+    let ipxe = match script::netboot_ipxe(&spec, "bzImage", "initrd.gz") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("mkkexec: warning: the tree gets no netboot.ipxe: {e}");
+            false
+        }
+    };
     if out.exists() {
-        std::fs::remove_dir_all(out)
-            .with_context(|| format!("cannot replace the old tree {out}"))?;
+        if !out.is_dir() {
+            bail!("{out} exists and is not a directory; remove it or choose another --output");
+        }
+        if let Some(stranger) = stranger_in_tree(out)? {
+            bail!(
+                "{out} exists and is not a kexec tree ({stranger} is not part of one); \
+                 remove it or choose another --output"
+            );
+        }
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot rename {tmp} to {out}"))?;
+    let tmp = crate::output::TempDir::beside(out)?;
+    build_in(closure, tmp.path(), opts, &toplevel.to_string(), ipxe)?;
+    // Replace an old tree so that `out` is always one whole tree: move it
+    // aside, move the new one in, then delete the old.
+    let old = if out.exists() {
+        let old = crate::output::TempDir::beside(out)?;
+        std::fs::remove_dir(old.path()).with_context(|| format!("cannot remove {}", old.path()))?;
+        std::fs::rename(out, old.path())
+            .with_context(|| format!("cannot move the old tree {out} aside"))?;
+        Some(old)
+    } else {
+        None
+    };
+    tmp.commit(out)?;
+    drop(old);
     Ok(())
 }
 
-fn build_in(closure: &Closure, dir: &Utf8Path, opts: &TreeOptions, toplevel: &str) -> Result<()> {
-    std::fs::create_dir(dir).with_context(|| format!("cannot create {dir}"))?;
+fn build_in(
+    closure: &Closure,
+    dir: &Utf8Path,
+    opts: &TreeOptions,
+    toplevel: &str,
+    ipxe: bool,
+) -> Result<()> {
     let img = dir.join("nix-store.squashfs");
     squashfs::build(closure, opts.root, &img, &opts.squashfs)?;
     let img_size = std::fs::metadata(&img)
@@ -140,14 +204,16 @@ fn build_in(closure: &Closure, dir: &Utf8Path, opts: &TreeOptions, toplevel: &st
     };
     write_file(
         &dir.join("kexec-boot"),
-        script::kexec_boot(&spec).as_bytes(),
+        script::kexec_boot(&spec)?.as_bytes(),
         0o755,
     )?;
-    write_file(
-        &dir.join("netboot.ipxe"),
-        script::netboot_ipxe(&spec).as_bytes(),
-        0o644,
-    )?;
+    if ipxe {
+        write_file(
+            &dir.join("netboot.ipxe"),
+            script::netboot_ipxe(&spec, "bzImage", "initrd.gz")?.as_bytes(),
+            0o644,
+        )?;
+    }
     std::fs::create_dir(dir.join("bin")).with_context(|| format!("cannot create {dir}/bin"))?;
     write_file(
         &dir.join("bin/nixos-kexec"),

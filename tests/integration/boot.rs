@@ -182,6 +182,7 @@ macro_rules! direct_boot_tests {
     ($($name:ident: $sq:literal, $ird:literal;)*) => {
         $(
             #[test]
+            #[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
             fn $name() {
                 direct_boot($sq, $ird);
             }
@@ -257,6 +258,7 @@ fn hop(name: &str, disable_kexec: bool, mem_mib: u32) -> String {
 }
 
 #[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_from_a_foreign_host_boots_the_tarball() {
     let log = hop("hop", false, 1024);
     assert!(
@@ -285,12 +287,14 @@ fn assert_refused(log: &str, sentence: &str) {
 }
 
 #[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_refused_when_kexec_is_disabled() {
     let log = hop("hop-disabled", true, 1024);
     assert_refused(&log, "kexec is disabled on this machine");
 }
 
 #[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_refused_without_enough_memory() {
     let log = hop("hop-small", false, 224);
     assert_refused(&log, "not enough memory: this image needs about");

@@ -146,7 +146,8 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
         0o444,
     );
     write(d.join("share/ünïcödé").as_std_path(), b"utf8", 0o444);
-    write(d.join("share/setuid-like").as_std_path(), b"x", 0o4555);
+    // Sticky: a special bit the Nix sandbox allows (setuid is tested apart).
+    write(d.join("share/sticky-like").as_std_path(), b"x", 0o1555);
     // A block of zeros (stored as a sparse hole) in the middle of a file.
     let mut sparse = noise(100, 2);
     sparse.extend(std::iter::repeat_n(0u8, 1 << 20));

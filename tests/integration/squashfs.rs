@@ -259,3 +259,26 @@ fn squashfs_errors_name_the_problem() {
     );
     no_leftovers(&dir);
 }
+
+#[test]
+#[ignore = "needs root: the Nix sandbox refuses setuid modes, unsquashfs drops them for others"]
+fn squashfs_keeps_setuid_and_setgid_modes() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let share = f.root.join("nix/store").join(&f.paths[1]).join("share");
+    for (name, mode) in [("setuid", 0o4555), ("setgid", 0o2555)] {
+        std::fs::write(share.join(name), b"x").expect("write");
+        std::fs::set_permissions(
+            share.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .expect("chmod");
+    }
+    let img = dir.join("modes.img");
+    build(&f, &img, &[]);
+    let got = extract(&img, &dir);
+    assert_eq!(got, expected(&f, &dir));
+    for name in ["share/setuid 4555 ", "share/setgid 2555 "] {
+        assert!(got.iter().any(|l| l.contains(name)), "{name}: {got:#?}");
+    }
+}
