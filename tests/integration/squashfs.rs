@@ -37,8 +37,11 @@ fn expected(f: &Fixture, dir: &camino::Utf8Path) -> Vec<String> {
 
 fn extract(img: &camino::Utf8Path, dir: &camino::Utf8Path) -> Vec<String> {
     require("unsquashfs", "squashfs-tools");
-    let x = dir.join(format!("x-{}", img.file_name().expect("name")));
-    let _ = std::fs::remove_dir_all(&x);
+    // A new directory each time: an extracted store is read-only, which only
+    // root could remove.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let x = dir.join(format!("x{n}-{}", img.file_name().expect("name")));
     ok(Command::new("unsquashfs")
         .args(["-no-progress", "-d"])
         .arg(&x)

@@ -136,28 +136,30 @@ fn tree_layout_contents_and_reproducibility() {
 fn tree_errors_name_the_problem() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
+    let file = dir.join("some-file");
+    std::fs::write(&file, "x").expect("write");
     let base = |toplevel: &str, out: &Utf8Path| {
         let mut c = mkkexec();
         c.args(["tree", "--closure"])
             .arg(&f.registration)
             .arg("--root")
             .arg(&f.root)
-            .args([
-                "--toplevel",
-                toplevel,
-                "--kernel",
-                "/etc/hostname",
-                "--output",
-            ])
+            .args(["--toplevel", toplevel, "--kernel"])
+            .arg(&file)
+            .arg("--output")
             .arg(out);
         c
     };
     let other = format!("/nix/store/{}", base_name_not_in_closure());
-    let e = fails(base(&other, &dir.join("t")).args(["--prepend-initrd", "/etc/hostname"]));
+    let e = fails(
+        base(&other, &dir.join("t"))
+            .arg("--prepend-initrd")
+            .arg(&file),
+    );
     assert!(e.contains("is not in the closure"), "{e}");
     let e = fails(&mut base(&f.toplevel, &dir.join("t")));
     assert!(e.contains("--prepend-initrd is missing"), "{e}");
-    let e = fails(base(&f.toplevel, &dir).args(["--prepend-initrd", "/etc/hostname"]));
+    let e = fails(base(&f.toplevel, &dir).arg("--prepend-initrd").arg(&file));
     assert!(e.contains("exists and is not a kexec tree"), "{e}");
 
     // A directory that merely holds a file named kexec-boot is not a tree:
@@ -167,7 +169,7 @@ fn tree_errors_name_the_problem() {
     for f in ["kexec-boot", "bzImage", "notes.txt", "bin/nixos-kexec"] {
         std::fs::write(mine.join(f), "precious").expect("write");
     }
-    let e = fails(base(&f.toplevel, &mine).args(["--prepend-initrd", "/etc/hostname"]));
+    let e = fails(base(&f.toplevel, &mine).arg("--prepend-initrd").arg(&file));
     assert!(
         e.contains(&format!(
             "{mine} exists and is not a kexec tree ({mine}/notes.txt"
@@ -185,7 +187,7 @@ fn tree_errors_name_the_problem() {
     entries.sort();
     assert_eq!(
         entries,
-        ["mine", "registration", "root"],
+        ["mine", "registration", "root", "some-file"],
         "a temporary was left"
     );
 }
