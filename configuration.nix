@@ -39,6 +39,9 @@
     rsync
   ];
 
+  # The NixOS release whose defaults this configuration was written against.
+  system.stateVersion = "26.05";
+
   nix.settings.experimental-features = [
     "nix-command"
     "flakes"

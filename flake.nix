@@ -26,16 +26,25 @@
       systemFor = lib.genAttrs systems mkSystem;
     in
     {
-      nixosModules.default =
-        { pkgs, ... }:
-        {
-          imports = [ ./nix/module.nix ];
-          # mkkexec runs on the build platform.
-          nixosKexec.package = lib.mkDefault (
-            self.packages.${pkgs.stdenv.buildPlatform.system}.mkkexec
-              or (pkgs.buildPackages.callPackage ./nix/package.nix { })
-          );
-        };
+      # One module under two names: its key lets the module system import it
+      # once when a configuration names both.
+      nixosModules.default = {
+        _file = "${self}/flake.nix#nixosModules.default";
+        key = "nixos-kexec#nixosModules.default";
+        imports = [
+          ./nix/module.nix
+          (
+            { pkgs, ... }:
+            {
+              # mkkexec runs on the build platform.
+              nixosKexec.package = lib.mkDefault (
+                self.packages.${pkgs.stdenv.buildPlatform.system}.mkkexec
+                  or (pkgs.buildPackages.callPackage ./nix/package.nix { })
+              );
+            }
+          )
+        ];
+      };
       nixosModules.nixos-kexec = self.nixosModules.default;
 
       nixosConfigurations.default = systemFor.x86_64-linux;

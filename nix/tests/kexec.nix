@@ -8,9 +8,11 @@
 }:
 let
   marker = "NIXOS-KEXEC-TEST-BOOTED";
+  # QEMU's first serial port: the PL011 on aarch64's virt machine.
+  console = if pkgs.stdenv.hostPlatform.isAarch64 then "ttyAMA0" else "ttyS0";
   target = pkgs.nixos {
     imports = [ module ];
-    nixosKexec.kernelParams = [ "console=ttyS0" ];
+    nixosKexec.kernelParams = [ "console=${console}" ];
     # Keep the test image small and quick to build.
     nixosKexec.squashfs.level = 3;
     nixosKexec.initrd.compression = "none";
@@ -21,7 +23,7 @@ let
       # The store was registered from nix-path-registration at boot.
       script = ''
         ${pkgs.nix}/bin/nix-store --verify-path /run/current-system
-        echo ${marker} > /dev/ttyS0
+        echo ${marker} > /dev/${console}
       '';
     };
   };

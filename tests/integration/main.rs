@@ -1,11 +1,12 @@
 //! Integration tests: one binary (see STYLE.md). Each module builds its
 //! artifacts in a tempdir with the real `mkkexec` binary and checks them with
 //! an independent reader: squashfs-tools, cpio, zstd/xz/gzip, shellcheck,
-//! dash, Nix, and the Linux kernel under QEMU.
+//! dash, Nix, nixpkgs' module system, and the Linux kernel under QEMU.
 
 mod boot;
 mod common;
 mod initrd;
+mod module;
 mod nix;
 mod script;
 mod squashfs;

@@ -1,0 +1,249 @@
+//! The Nix layer users type first, evaluated with nixpkgs' real lib
+//! (`../shared/nixpkgs-lib/lib`) against a model of the NixOS options it
+//! touches (`tests/nixos-model/`, each part naming the nixpkgs file it
+//! follows): the module alone and beside netboot-minimal.nix, both stage 1
+//! kinds, both platforms; then the flake itself, with nixpkgs overridden by
+//! a stand-in built on that lib. What only real nixpkgs can show (a built
+//! system, the NixOS VM test) is not proven here.
+
+use std::process::Command;
+
+use camino::Utf8PathBuf;
+use serde_json::Value;
+
+use crate::common::*;
+use crate::nix::nix;
+
+fn root() -> Utf8PathBuf {
+    Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// nixpkgs' lib, beside the checkout (see shared/nixpkgs-lib/SOURCE.md).
+fn nixpkgs_lib() -> Utf8PathBuf {
+    let lib = root().join("../shared/nixpkgs-lib/lib");
+    assert!(
+        lib.join("default.nix").is_file(),
+        "{lib} is missing: the evaluation tests need nixpkgs' lib from the steering repo's shared/"
+    );
+    lib
+}
+
+/// `tests/nixos-model/checks.nix` with `extra` modules (a Nix list).
+fn eval_checks(extra: &str) -> Command {
+    let mut c = nix("nix-instantiate");
+    c.args(["--eval", "--strict", "--json", "--read-write-mode"])
+        .arg(root().join("tests/nixos-model/checks.nix"))
+        .arg("--arg")
+        .arg("libPath")
+        .arg(nixpkgs_lib())
+        .args(["--arg", "extraModules", extra]);
+    c
+}
+
+fn checks(extra: &str) -> Value {
+    serde_json::from_str(&ok(&mut eval_checks(extra))).expect("checks.nix gives JSON")
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("string"))
+        .collect()
+}
+
+const CASES: [&str; 4] = ["systemd", "scripted", "netbootMinimal", "aarch64"];
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_every_output_instantiates_with_the_arguments_the_options_say() {
+    let c = checks("[ ]");
+    for case in CASES {
+        // The toplevel goes through the assertions, as in nixpkgs: an
+        // assertion that needs the toplevel would recurse forever here.
+        for (output, drv) in c[case]["drvPaths"].as_object().expect("drvPaths") {
+            let drv = drv.as_str().expect("drvPath");
+            assert!(drv.ends_with(".drv"), "{case}: {output} = {drv}");
+        }
+        // The toplevel is in the image.
+        assert!(
+            strs(&c[case]["closure"]).contains(&"nixos-system-26.05"),
+            "{case}: {}",
+            c[case]["closure"]
+        );
+        assert_eq!(
+            c[case]["args"]["image"], c[case]["args"]["kexecTarball"],
+            "{case}: system.build.image is the tarball"
+        );
+    }
+    // Every mkkexec command line, store hashes hidden.
+    insta::with_settings!({filters => vec![(r"/nix/store/[0-9a-z]{32}-", "/nix/store/HASH-")]}, {
+        insta::assert_snapshot!("module-checks", serde_json::to_string_pretty(&c).expect("json"));
+    });
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_mounts_the_store_under_both_stage_1_kinds() {
+    let c = checks("[ ]");
+    let overlay = |case: &str| -> String {
+        let fstab = strs(&c[case]["fstab"]);
+        fstab
+            .iter()
+            .find(|l| l.contains(" overlay "))
+            .unwrap_or_else(|| panic!("{case}: no overlay in {fstab:?}"))
+            .to_string()
+    };
+    // systemd stage 1 mounts below /sysroot, and netboot.nix's overlay
+    // submodule prefixes the directories (raw lowerdir= options do not).
+    assert_eq!(
+        overlay("systemd"),
+        "overlay /sysroot/nix/store overlay lowerdir=/sysroot/nix/.ro-store,\
+         upperdir=/sysroot/nix/.rw-store/store,workdir=/sysroot/nix/.rw-store/work"
+    );
+    assert_eq!(
+        strs(&c["systemd"]["initrdServices"]),
+        ["rw-sysroot-nix-store"],
+        "the service that creates upperdir and workdir"
+    );
+    // The scripted stage 1 adds /mnt-root itself at run time.
+    assert_eq!(
+        overlay("scripted"),
+        "overlay /mnt-root/nix/store overlay lowerdir=/nix/.ro-store,\
+         upperdir=/nix/.rw-store/store,workdir=/nix/.rw-store/work"
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_ipxe_script_names_what_netboot_serves() {
+    let c = checks("[ ]");
+    for (case, kernel) in [("systemd", "bzImage"), ("aarch64", "Image")] {
+        let args = strs(&c[case]["args"]["netbootIpxeScript"]);
+        let tail = &args[args.len() - 5..];
+        assert_eq!(
+            tail,
+            ["--ipxe", "--kernel-name", kernel, "--initrd-name", "initrd"],
+            "{case}"
+        );
+        // ... and the initrd it names is the ramdisk's <out>/initrd.
+        let initrd = args[args
+            .iter()
+            .position(|a| *a == "--initrd")
+            .expect("--initrd")
+            + 1];
+        assert!(initrd.ends_with("-netboot-ramdisk/initrd"), "{initrd}");
+    }
+    assert_eq!(
+        c["aarch64"]["imageFilePath"],
+        "tarball/nixos-system-aarch64-linux.tar.gz"
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_honours_netboot_options() {
+    // netboot.squashfsCompression decides when nixosKexec.squashfs does not.
+    let c = checks(r#"[ { netboot.squashfsCompression = "xz -Xdict-size 100%"; } ]"#);
+    assert_eq!(
+        strs(&c["systemd"]["args"]["squashfsStore"])[3..],
+        ["--compression", "xz"]
+    );
+    let c = checks(
+        r#"[ { netboot.squashfsCompression = "xz -Xbcj x86"; nixosKexec.squashfs.compression = "gzip"; } ]"#,
+    );
+    assert_eq!(
+        strs(&c["systemd"]["args"]["squashfsStore"])[3..],
+        ["--compression", "gzip"]
+    );
+    // netboot.storeContents adds to the image; the toplevel stays in it even
+    // when the list is forced empty.
+    let c = checks(
+        r#"[ ({ lib, pkgs, ... }: { netboot.storeContents = lib.mkForce [ pkgs.rsync ]; }) ]"#,
+    );
+    assert_eq!(
+        strs(&c["systemd"]["closure"]),
+        ["nixos-system-26.05", "rsync"]
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_refuses_a_squashfs_compression_mkkexec_does_not_write() {
+    let e = fails(&mut eval_checks(
+        r#"[ { netboot.squashfsCompression = "xz -Xdict-size 100% -Xbcj x86"; } ]"#,
+    ));
+    assert!(
+        e.contains(
+            "netboot.squashfsCompression = \"xz -Xdict-size 100% -Xbcj x86\" asks for `-Xbcj`, \
+             which mkkexec does not write."
+        ) && e.contains("Set nixosKexec.squashfs.compression"),
+        "{e}"
+    );
+    assert_eq!(e.matches("asks for").count(), 1, "said once: {e}");
+}
+
+/// A nixpkgs stand-in flake: nixpkgs' lib plus the model (see
+/// tests/nixos-model/flake.nix).
+fn standin() -> Utf8PathBuf {
+    let dir = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nixpkgs-standin");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    sh(&format!(
+        "cp -r {lib} {dir}/lib && cp -r {model} {dir}/model && cp {model}/flake.nix {dir}/",
+        lib = nixpkgs_lib(),
+        model = root().join("tests/nixos-model"),
+    ));
+    dir
+}
+
+fn flake(standin: &Utf8PathBuf, args: &[&str]) -> Command {
+    let mut c = nix("nix");
+    c.args(args)
+        .args(["--override-input", "nixpkgs"])
+        .arg(format!("path:{standin}"))
+        .arg("--no-write-lock-file");
+    c
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn flake_shows_and_checks_with_a_modelled_nixpkgs() {
+    let s = standin();
+    let root = root();
+    let show = ok(flake(&s, &["flake", "show"]).arg(&root));
+    for want in [
+        "nixosModules",
+        "nixosConfigurations",
+        "mkkexec",
+        "tarball",
+        "vm-kexec",
+    ] {
+        assert!(show.contains(want), "{want} missing from:\n{show}");
+    }
+    // Every output evaluates and every derivation instantiates, for both
+    // systems: the NixOS configuration, packages, apps, checks, formatter.
+    ok(flake(&s, &["flake", "check", "--no-build"]).arg(&root));
+    let tarball = ok(flake(&s, &["eval", "--raw"])
+        .arg(format!("{root}#packages.x86_64-linux.tarball.mkkexecArgs"))
+        .args(["--apply", "toString"]));
+    assert!(
+        tarball.starts_with("tarball --tree /nix/store/"),
+        "{tarball}"
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn flake_module_imports_once_under_both_names() {
+    let s = standin();
+    let apply = format!(
+        "ms: let lib = import {s}/model/lib.nix {{ libPath = {s}/lib; }}; \
+         c = import {s}/model/eval.nix {{ inherit lib; modules = [ ms.default ms.nixos-kexec \
+         {{ system.stateVersion = \"26.05\"; }} ]; }}; in c.config.system.build.kexecTree.drvPath"
+    );
+    let drv = ok(flake(&s, &["eval", "--impure", "--raw"])
+        .arg(format!("{}#nixosModules", root()))
+        .args(["--apply", &apply]));
+    assert!(drv.ends_with("-kexec-tree.drv"), "{drv}");
+}

@@ -1,0 +1,70 @@
+# What the evaluation tests (tests/integration/module.rs) read: nixos-kexec's
+# module evaluated against the model, alone and with netboot-minimal.nix,
+# for both stage 1 kinds and both platforms.
+{
+  # nixpkgs' lib (../shared/nixpkgs-lib/lib).
+  libPath,
+  # The module under test.
+  module ? ../../nix/module.nix,
+  # Extra modules for one case (a Nix expression's value).
+  extraModules ? [ ],
+}:
+let
+  lib = import ./lib.nix { inherit libPath; };
+  eval =
+    {
+      system ? "x86_64-linux",
+      systemdStage1 ? true,
+      withNetbootMinimal ? false,
+    }:
+    import ./eval.nix {
+      inherit lib system;
+      modules = [
+        module
+        (
+          { modulesPath, ... }:
+          {
+            imports = lib.optional withNetbootMinimal (modulesPath + "/installer/netboot/netboot-minimal.nix");
+            boot.initrd.systemd.enable = systemdStage1;
+            # A stand-in mkkexec: the real package needs the Rust toolchain.
+            nixosKexec.package = (import ./pkgs.nix { inherit lib system; }).bash;
+            system.stateVersion = "26.05";
+          }
+        )
+      ]
+      ++ extraModules;
+    };
+  outputs = [
+    "toplevel"
+    "squashfsStore"
+    "netbootRamdisk"
+    "kexecScript"
+    "netbootIpxeScript"
+    "kexecTree"
+    "kexecTarball"
+    "image"
+  ];
+  # What a case yields: each output's .drv and mkkexec arguments, the
+  # initrd's fstab, and the image path.
+  facts =
+    c:
+    let
+      inherit (c.config.system) build;
+    in
+    {
+      drvPaths = lib.genAttrs outputs (o: build.${o}.drvPath);
+      args = lib.genAttrs outputs (o: build.${o}.mkkexecArgs or null);
+      fstab = lib.splitString "\n" build.initrdFstab;
+      imageFilePath = c.config.image.filePath;
+      # The store paths whose closure the image holds.
+      closure = map (p: p.name) build.squashfsStore.exportReferencesGraph.closure;
+      initrdServices = lib.attrNames c.config.boot.initrd.systemd.services;
+    };
+  cases = {
+    systemd = { };
+    scripted.systemdStage1 = false;
+    netbootMinimal.withNetbootMinimal = true;
+    aarch64.system = "aarch64-linux";
+  };
+in
+lib.mapAttrs (_: args: facts (eval args)) cases

@@ -1,0 +1,169 @@
+# The NixOS options nixos-kexec's module, nixpkgs' netboot.nix and the
+# flake's configuration.nix read or set, modelled from nixpkgs' own files
+# (26.05); each part names the file it follows. This model is the weak
+# point of the evaluation tests: it is what they trust nixpkgs to do.
+{
+  config,
+  lib,
+  pkgs,
+  utils,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+  anything = mkOption {
+    type = types.anything;
+    default = { };
+  };
+  fsNeeded = lib.filterAttrs (_: utils.fsNeededForBoot) config.fileSystems;
+  systemd1 = config.boot.initrd.systemd.enable;
+in
+{
+  imports = [ ./overlayfs.nix ];
+
+  options = {
+    # nixos/modules/misc/assertions.nix
+    assertions = mkOption {
+      type = types.listOf types.unspecified;
+      default = [ ];
+    };
+    warnings = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+
+    # nixos/modules/system/activation/top-level.nix: a freeform attrset of
+    # lazily merged values, each defined once (types.uniq).
+    system.build = mkOption {
+      type = types.submoduleWith {
+        modules = [ { freeformType = types.lazyAttrsOf (types.uniq types.unspecified); } ];
+      };
+      default = { };
+    };
+    # nixos/modules/misc/version.nix
+    system.stateVersion = mkOption {
+      type = types.str;
+      default = lib.trivial.release;
+    };
+    system.nixos.label = mkOption {
+      type = types.str;
+      default = "26.05";
+    };
+    system.nixos.tags = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    # nixos/modules/system/boot/kernel.nix, loader/loader.nix
+    system.boot.loader.kernelFile = mkOption {
+      type = types.str;
+      default = pkgs.stdenv.hostPlatform.linux-kernel.target;
+    };
+    system.boot.loader.initrdFile = mkOption {
+      type = types.str;
+      default = "initrd";
+    };
+    boot.kernelParams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    boot.kernelPackages = mkOption {
+      type = types.raw;
+      default = {
+        kernel = pkgs.linux // {
+          kernelAtLeast = v: lib.versionAtLeast "6.12" v;
+        };
+      };
+    };
+    boot.initrd.availableKernelModules = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    boot.initrd.kernelModules = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    # nixos/modules/system/boot/stage-1.nix
+    boot.initrd.compressor = mkOption {
+      type = types.either types.str (types.functionTo types.str);
+      default = "zstd";
+    };
+    boot.initrd.compressorArgs = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = null;
+    };
+    # nixos/modules/system/boot/systemd/initrd.nix; on by default since
+    # nixpkgs PR 435781 (26.05).
+    boot.initrd.systemd.enable = mkOption {
+      type = types.bool;
+      default = true;
+    };
+    boot.initrd.systemd.services = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+    };
+    systemd.services = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+    };
+    # nixos/modules/system/boot/stage-2.nix
+    boot.postBootCommands = mkOption {
+      type = types.lines;
+      default = "";
+    };
+    # nixos/modules/system/boot/loader/grub/grub.nix, loader/loader.nix
+    boot.loader.grub.enable = mkOption {
+      type = types.bool;
+      default = true;
+    };
+    boot.loader.timeout = mkOption {
+      type = types.nullOr types.int;
+      default = 5;
+    };
+    # nixos/modules/services/system/nix-daemon.nix
+    nix.package = mkOption {
+      type = types.package;
+      default = pkgs.nix;
+    };
+    # Read by nobody here: set by profiles and configuration.nix.
+    nix.settings = anything;
+    users = anything;
+    services = anything;
+    networking = anything;
+    environment = anything;
+    hardware = anything;
+    documentation = anything;
+    virtualisation = anything;
+  };
+
+  config = {
+    system.build = {
+      kernel = pkgs.linux;
+      # The initrd embeds the fstab it mounts from (systemd: /etc/fstab of the
+      # initrd; scripted: stage-1.nix's fsInfo).
+      initialRamdisk = pkgs.writeTextDir "initrd" config.system.build.initrdFstab;
+      initrdFstab = lib.concatMapStrings (
+        fs:
+        let
+          # systemd stage 1 mounts the root at /sysroot; the scripted one at
+          # /mnt-root, adding the prefix to overlay options at run time.
+          at = if systemd1 then "/sysroot" else "/mnt-root";
+        in
+        "${if fs.device == null then "none" else fs.device} ${at}${fs.mountPoint} ${fs.fsType} ${lib.concatStringsSep "," fs.options}\n"
+      ) (lib.attrValues fsNeeded);
+      # top-level.nix builds the toplevel through the assertions and warnings.
+      toplevel = lib.asserts.checkAssertWarn config.assertions config.warnings (
+        pkgs.runCommand "nixos-system-${config.system.nixos.label}" { } ''
+          ${config.system.build.kernel} ${config.system.build.initialRamdisk}
+          ${config.boot.postBootCommands}
+          ${toString config.boot.kernelParams}
+        ''
+      );
+    };
+    # nixos/modules/tasks/filesystems.nix: a tmpfs or overlay needs no
+    # device; others without one fail in nixpkgs.
+    assertions = lib.mapAttrsToList (_: fs: {
+      assertion = fs.device != null || lib.elem fs.fsType [ "tmpfs" "overlay" ];
+      message = "fileSystems.${fs.mountPoint} has no device";
+    }) config.fileSystems;
+  };
+}
