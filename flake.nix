@@ -1,7 +1,8 @@
 {
   description = "Boot any NixOS configuration from a running Linux with kexec";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+  # A shallow git fetch of the release branch.
+  inputs.nixpkgs.url = "git+https://github.com/NixOS/nixpkgs?ref=nixos-26.05&shallow=1";
 
   outputs =
     { self, nixpkgs }:

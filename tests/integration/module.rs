@@ -185,8 +185,9 @@ fn module_refuses_a_squashfs_compression_mkkexec_does_not_write() {
 
 /// A nixpkgs stand-in flake: nixpkgs' lib plus the model (see
 /// tests/nixos-model/flake.nix).
-fn standin() -> Utf8PathBuf {
-    let dir = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nixpkgs-standin");
+fn standin(test: &str) -> Utf8PathBuf {
+    let dir =
+        Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nixpkgs-standin-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     sh(&format!(
@@ -209,7 +210,7 @@ fn flake(standin: &Utf8PathBuf, args: &[&str]) -> Command {
 #[test]
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
 fn flake_shows_and_checks_with_a_modelled_nixpkgs() {
-    let s = standin();
+    let s = standin("check");
     let root = root();
     let show = ok(flake(&s, &["flake", "show"]).arg(&root));
     for want in [
@@ -236,7 +237,7 @@ fn flake_shows_and_checks_with_a_modelled_nixpkgs() {
 #[test]
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
 fn flake_module_imports_once_under_both_names() {
-    let s = standin();
+    let s = standin("twice");
     let apply = format!(
         "ms: let lib = import {s}/model/lib.nix {{ libPath = {s}/lib; }}; \
          c = import {s}/model/eval.nix {{ inherit lib; modules = [ ms.default ms.nixos-kexec \
