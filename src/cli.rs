@@ -25,8 +25,9 @@ pub struct Cli {
     /// No progress or summary on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Threads for compression (0: one per core).
-    #[arg(short, long, global = true, default_value_t = 0)]
+    /// Threads for compression (0: one per core; at most 256).
+    #[arg(short, long, global = true, default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=256))]
     pub jobs: u32,
     #[command(subcommand)]
     pub command: Command,

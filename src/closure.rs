@@ -8,8 +8,6 @@
 //!   `$NIX_ATTRS_JSON_FILE`), whose `exportReferencesGraph.<attr>` list holds
 //!   `{path, narHash, narSize, references, …}` objects.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
@@ -36,6 +34,10 @@ struct JsonPathInfo {
     deriver: Option<String>,
 }
 
+/// Larger than any closure's registration or JSON (a NixOS system's is a
+/// few MiB): a guard against `/dev/zero` or the wrong file.
+const MAX_CLOSURE_BYTES: u64 = 1 << 30;
+
 impl Closure {
     /// Read the closure at `input`; `attr` names the JSON key of the
     /// `exportReferencesGraph` entry.
@@ -52,10 +54,25 @@ impl Closure {
         } else {
             input.to_owned()
         };
+        let meta =
+            std::fs::metadata(&file).with_context(|| format!("cannot read closure {file}"))?;
+        if !meta.is_file() {
+            bail!(
+                "closure {file} is not a regular file; pass a closureInfo output, a registration file or a structured-attrs JSON file"
+            );
+        }
+        if meta.len() > MAX_CLOSURE_BYTES {
+            bail!(
+                "closure {file} has {} bytes, more than any real closure ({MAX_CLOSURE_BYTES}); is it the right file?",
+                meta.len()
+            );
+        }
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read closure {file}"))?;
-        let paths = if text.trim_start().starts_with('{') {
-            Self::from_json(&text, attr)
+        // An editor's byte order mark is not part of either format.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let paths = if text.trim_start().starts_with(['{', '[']) {
+            Self::from_json(text, attr)
                 .with_context(|| format!("in structured-attrs JSON {file}"))?
         } else {
             registration::parse(&text).with_context(|| format!("in registration {file}"))?
@@ -63,25 +80,35 @@ impl Closure {
         Self::new(paths).with_context(|| format!("in closure {file}"))
     }
 
+    /// The structured-attrs object (`{"<attr>": [path info, …], …}`), or a
+    /// bare list of path infos (`nix path-info --json --recursive`).
     fn from_json(text: &str, attr: &str) -> Result<Vec<PathInfo>> {
-        let mut top: BTreeMap<String, serde_json::Value> = serde_json::from_str(text)?;
-        let list = top.remove(attr).with_context(|| {
-            let keys: Vec<&str> = top.keys().map(String::as_str).collect();
-            format!(
-                "no key {attr:?} (keys: {}); set --closure-attr to the name used in \
-                 `exportReferencesGraph.<name>`",
-                keys.join(", ")
-            )
-        })?;
-        let list: Vec<JsonPathInfo> = serde_json::from_value(list)
-            .with_context(|| format!("key {attr:?} is not a list of path infos"))?;
+        let (list, attr) = match serde_json::from_str(text)? {
+            serde_json::Value::Object(mut top) => {
+                let list = top.remove(attr).with_context(|| {
+                    let keys: Vec<&str> = top.keys().map(String::as_str).collect();
+                    format!(
+                        "no key {attr:?} (keys: {}); set --closure-attr to the name used in \
+                         `exportReferencesGraph.<name>`",
+                        keys.join(", ")
+                    )
+                })?;
+                (list, format!("key {attr:?}"))
+            }
+            list => (list, "the list".to_owned()),
+        };
+        let serde_json::Value::Array(list) = list else {
+            bail!("{attr} is not a list of path infos");
+        };
         list.into_iter()
             .enumerate()
             .map(|(i, j)| {
-                let ctx = || format!("entry {i} of {attr:?} ({})", j.path);
+                let j: JsonPathInfo = serde_json::from_value(j)
+                    .with_context(|| format!("entry {i} of {attr} is not a path info"))?;
+                let ctx = || format!("entry {i} of {attr} ({})", j.path);
                 Ok(PathInfo {
                     path: StorePath::from_absolute_path(&j.path).with_context(ctx)?,
-                    nar_hash: NixHash::parse(&j.nar_hash).with_context(ctx)?,
+                    nar_hash: NixHash::parse_nar(&j.nar_hash).with_context(ctx)?,
                     nar_size: j.nar_size,
                     deriver: match j.deriver.as_deref() {
                         None | Some("") => None,

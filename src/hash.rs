@@ -74,11 +74,23 @@ pub enum HashError {
         digest: String,
         len: usize,
     },
+    #[error("{0} is not a NAR hash: Nix hashes NARs with sha256 and its --load-db refuses {1}")]
+    NotSha256(String, &'static str),
     #[error("digest {0:?} is not valid {1}")]
     BadDigest(String, &'static str),
 }
 
 impl NixHash {
+    /// Parse a NAR hash: [`NixHash::parse`], and sha256 (all Nix writes or
+    /// loads into its database).
+    pub fn parse_nar(s: &str) -> Result<Self, HashError> {
+        let h = Self::parse(s)?;
+        if h.algo != HashAlgo::Sha256 {
+            return Err(HashError::NotSha256(s.to_owned(), h.algo.name()));
+        }
+        Ok(h)
+    }
+
     /// Parse `algo:digest` (base16, nixbase32 or base64) or SRI `algo-base64`.
     pub fn parse(s: &str) -> Result<Self, HashError> {
         let (algo, digest, sri) = if let Some((a, d)) = s.split_once(':') {
@@ -180,5 +192,22 @@ mod tests {
     fn bad_digest() {
         let e = NixHash::parse(&NIX32.replace('0', "e")).expect_err("e is not nixbase32");
         assert!(matches!(e, HashError::BadDigest(_, "nixbase32")));
+    }
+
+    #[test]
+    fn nar_hash_must_be_sha256() {
+        assert_eq!(
+            NixHash::parse_nar(SRI).expect("sha256"),
+            NixHash::parse(SRI).expect("sri")
+        );
+        for (h, algo) in [
+            ("md5:d41d8cd98f00b204e9800998ecf8427e", "md5"),
+            ("sha1:da39a3ee5e6b4b0d3255bfef95601890afd80709", "sha1"),
+        ] {
+            assert_eq!(
+                NixHash::parse_nar(h),
+                Err(HashError::NotSha256(h.to_owned(), algo))
+            );
+        }
     }
 }

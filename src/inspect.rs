@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use backhand::{FilesystemReader, InnerNode};
 use camino::Utf8Path;
 
@@ -12,13 +12,27 @@ use crate::initrd;
 use crate::progress::mib;
 
 pub fn inspect(path: &Utf8Path, out: &mut impl Write) -> Result<()> {
+    // A directory or a device (/dev/zero never ends) is no image.
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {path}"))?;
+    if !meta.is_file() {
+        bail!("{path} is not a regular file; pass an initrd or a squashfs image");
+    }
     let mut magic = [0u8; 4];
     let mut f = File::open(path).with_context(|| format!("cannot open {path}"))?;
-    let n = f.read(&mut magic)?;
+    let n = f
+        .read(&mut magic)
+        .with_context(|| format!("cannot read {path}"))?;
     if &magic[..n] == b"hsqs" {
         squashfs(path, out)
     } else {
-        for seg in initrd::scan(path)? {
+        let segments = initrd::scan(path)?;
+        if segments.is_empty() {
+            bail!(
+                "{path} holds no cpio archive ({} bytes, all zeros or empty): not an initrd or a squashfs image",
+                meta.len()
+            );
+        }
+        for seg in segments {
             writeln!(
                 out,
                 "member at byte {}: {} cpio, {} entries, {} unpacked",

@@ -43,18 +43,20 @@ pub enum RegistrationError {
         expected: &'static str,
         path: String,
     },
-    #[error("line {line}: {source}")]
-    InvalidPath { line: usize, source: StorePathError },
-    #[error("line {line}: bad NAR hash: {source}")]
-    InvalidHash { line: usize, source: HashError },
+    // The causes are printed in the message and so are not `source`s: an
+    // error chain would print them twice.
+    #[error("line {line}: {cause}")]
+    InvalidPath { line: usize, cause: StorePathError },
+    #[error("line {line}: bad NAR hash: {cause}")]
+    InvalidHash { line: usize, cause: HashError },
     #[error("line {line}: NAR size {text:?} is not a whole number of bytes")]
     InvalidSize { line: usize, text: String },
-    #[error("line {line}: bad deriver: {source}")]
-    InvalidDeriver { line: usize, source: StorePathError },
+    #[error("line {line}: bad deriver: {cause}")]
+    InvalidDeriver { line: usize, cause: StorePathError },
     #[error("line {line}: reference count {text:?} is not a whole number")]
     InvalidCount { line: usize, text: String },
-    #[error("line {line}: bad reference: {source}")]
-    InvalidReference { line: usize, source: StorePathError },
+    #[error("line {line}: bad reference: {cause}")]
+    InvalidReference { line: usize, cause: StorePathError },
 }
 
 struct Lines<'a> {
@@ -101,12 +103,12 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
     let mut infos = Vec::new();
     while let Some((line, path)) = lines.try_next() {
         let path = StorePath::from_absolute_path(path)
-            .map_err(|source| RegistrationError::InvalidPath { line, source })?;
+            .map_err(|cause| RegistrationError::InvalidPath { line, cause })?;
         let p = path.to_absolute_path();
 
         let (line, hash) = lines.next("the NAR hash", &p)?;
-        let nar_hash = NixHash::parse(hash)
-            .map_err(|source| RegistrationError::InvalidHash { line, source })?;
+        let nar_hash = NixHash::parse_nar(hash)
+            .map_err(|cause| RegistrationError::InvalidHash { line, cause })?;
 
         let (line, size) = lines.next("the NAR size", &p)?;
         let nar_size = size.parse().map_err(|_| RegistrationError::InvalidSize {
@@ -119,7 +121,7 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
             "" => None,
             d => Some(
                 StorePath::from_absolute_path(d)
-                    .map_err(|source| RegistrationError::InvalidDeriver { line, source })?,
+                    .map_err(|cause| RegistrationError::InvalidDeriver { line, cause })?,
             ),
         };
 
@@ -134,7 +136,7 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
             let (line, r) = lines.next("a reference", &p)?;
             references.push(
                 StorePath::from_absolute_path(r)
-                    .map_err(|source| RegistrationError::InvalidReference { line, source })?,
+                    .map_err(|cause| RegistrationError::InvalidReference { line, cause })?,
             );
         }
         infos.push(PathInfo {

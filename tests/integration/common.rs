@@ -160,6 +160,12 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
     )
     .expect("symlink");
     symlink("/nonexistent/dangling", d.join("share/dangling")).expect("symlink");
+    // Long targets, as buildEnv, Python and Node trees make (Linux allows
+    // 4095 bytes).
+    for (name, len) in [("long-link", 300), ("longest-link", 4095)] {
+        let target = format!("/nix/store/{lib}/{}", "d/".repeat(len));
+        symlink(&target[..len], d.join("share").join(name)).expect("symlink");
+    }
 
     write(
         store.join(&single).as_std_path(),

@@ -285,3 +285,74 @@ fn squashfs_keeps_setuid_and_setgid_modes() {
         assert!(got.iter().any(|l| l.contains(name)), "{name}: {got:#?}");
     }
 }
+
+#[test]
+fn squashfs_packs_a_deep_tree() {
+    // 1000 nested directories: backhand found children by testing every
+    // descendant, cubic in the depth (57 s at 1900 levels before the patch
+    // in vendor/backhand/PATCHES.md).
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let deep = f.root.join("nix/store").join(&f.paths[0]).join("deep");
+    let leaf = deep.join("d/".repeat(1000));
+    std::fs::create_dir_all(&leaf).expect("mkdir");
+    std::fs::write(leaf.join("f"), b"bottom").expect("write");
+    let img = dir.join("deep.img");
+    build(&f, &img, &[]);
+    assert_eq!(extract(&img, &dir), expected(&f, &dir));
+}
+
+#[test]
+fn closure_hostile_inputs_get_one_clear_error() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let text = std::fs::read_to_string(&f.registration).expect("read");
+    let try_closure = |name: &str, contents: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, contents).expect("write");
+        let mut c = mkkexec();
+        c.args(["squashfs", "-q", "--closure"])
+            .arg(&p)
+            .arg("--root")
+            .arg(&f.root)
+            .arg("--output")
+            .arg(dir.join(format!("{name}.img")));
+        c
+    };
+    // Nix's --load-db refuses any NAR hash but sha256.
+    let md5 = text.replacen(NAR_HASH, "md5:d41d8cd98f00b204e9800998ecf8427e", 1);
+    let e = fails(&mut try_closure("md5", &md5));
+    assert!(
+        e.contains("line 2: bad NAR hash: md5:d41d8cd98f00b204e9800998ecf8427e is not a NAR hash"),
+        "{e}"
+    );
+    // The cause is said once.
+    let bad = text.replacen(NAR_HASH, &NAR_HASH.replace('0', "e"), 1);
+    let e = fails(&mut try_closure("bad-hash", &bad));
+    assert_eq!(e.matches("is not valid nixbase32").count(), 1, "{e}");
+    // A JSON entry of the wrong shape is named by its index.
+    let e = fails(&mut try_closure(
+        "entry.json",
+        r#"{"closure": [{"path": 1}]}"#,
+    ));
+    assert!(
+        e.contains("entry 0 of key \"closure\" is not a path info"),
+        "{e}"
+    );
+    // /dev/zero is no closure.
+    let e = fails(
+        mkkexec()
+            .args(["squashfs", "--closure", "/dev/zero", "--output"])
+            .arg(dir.join("zero.img")),
+    );
+    assert!(e.contains("closure /dev/zero is not a regular file"), "{e}");
+    // A byte order mark is not part of the registration.
+    ok(&mut try_closure("bom", &format!("\u{feff}{text}")));
+    for leftover in std::fs::read_dir(&dir).expect("ls") {
+        let name = leftover.expect("entry").file_name();
+        assert!(
+            !name.to_string_lossy().contains(".tmp-"),
+            "{name:?} left behind"
+        );
+    }
+}

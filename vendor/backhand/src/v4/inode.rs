@@ -233,7 +233,9 @@ fn block_count(block_size: u32, block_log: u16, fragment: u32, file_size: u64) -
 #[deku(endian = "endian", ctx = "endian: deku::ctx::Endian")]
 pub struct BasicSymlink {
     pub link_count: u32,
-    #[deku(assert = "*target_size < 256")]
+    // nixos-kexec patch: Linux allows targets up to PATH_MAX - 1 bytes and
+    // the kernel's squashfs reads up to a page; 256 refused real closures.
+    #[deku(assert = "*target_size < 4096")]
     pub target_size: u32,
     #[deku(count = "target_size")]
     pub target_path: Vec<u8>,
@@ -249,12 +251,13 @@ impl fmt::Debug for BasicSymlink {
     }
 }
 impl BasicSymlink {
-    fn target_ref(&self) -> &str {
-        core::str::from_utf8(&self.target_path).unwrap()
+    // nixos-kexec patch: a target need not be UTF-8 (no panic on reading one).
+    fn target_ref(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.target_path)
     }
 
     pub fn target(&self) -> String {
-        self.target_ref().to_owned()
+        self.target_ref().into_owned()
     }
 }
 
@@ -278,7 +281,9 @@ pub struct IPCNode {
 #[deku(endian = "endian", ctx = "endian: deku::ctx::Endian")]
 pub struct ExtendedSymlink {
     pub link_count: u32,
-    #[deku(assert = "*target_size < 256")]
+    // nixos-kexec patch: Linux allows targets up to PATH_MAX - 1 bytes and
+    // the kernel's squashfs reads up to a page; 256 refused real closures.
+    #[deku(assert = "*target_size < 4096")]
     pub target_size: u32,
     #[deku(count = "target_size")]
     pub target_path: Vec<u8>,
@@ -296,12 +301,13 @@ impl fmt::Debug for ExtendedSymlink {
     }
 }
 impl ExtendedSymlink {
-    fn target_ref(&self) -> &str {
-        core::str::from_utf8(&self.target_path).unwrap()
+    // nixos-kexec patch: a target need not be UTF-8 (no panic on reading one).
+    fn target_ref(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.target_path)
     }
 
     pub fn target(&self) -> String {
-        self.target_ref().to_owned()
+        self.target_ref().into_owned()
     }
 }
 

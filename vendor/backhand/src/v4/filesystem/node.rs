@@ -274,6 +274,45 @@ impl<T> Nodes<T> {
         self.nodes.get(node_index.get() - 1)
     }
 
+    /// nixos-kexec patch: for each node (by index), the index one past its
+    /// subtree in the sorted node list. With it the direct children of a
+    /// directory are found by hopping over each child's subtree, instead of
+    /// testing every descendant's path (cubic in the depth of a tree).
+    pub fn subtree_ends(&self) -> Vec<usize> {
+        let mut ends = vec![self.nodes.len(); self.nodes.len()];
+        let mut open: Vec<usize> = vec![];
+        for (k, node) in self.nodes.iter().enumerate() {
+            while let Some(&top) = open.last() {
+                if node.fullpath.starts_with(&self.nodes[top].fullpath) {
+                    break;
+                }
+                ends[top] = k;
+                open.pop();
+            }
+            open.push(k);
+        }
+        ends
+    }
+
+    /// nixos-kexec patch: the direct children of `node_index`, given
+    /// [`Nodes::subtree_ends`].
+    pub fn direct_children<'a>(
+        &'a self,
+        node_index: NonZeroUsize,
+        ends: &'a [usize],
+    ) -> impl Iterator<Item = NonZeroUsize> + 'a {
+        let end = ends.get(node_index.get() - 1).copied().unwrap_or(0);
+        let mut next = node_index.get();
+        std::iter::from_fn(move || {
+            if next >= end {
+                return None;
+            }
+            let child = next;
+            next = ends[child];
+            NonZeroUsize::new(child + 1)
+        })
+    }
+
     pub fn children_of(
         &self,
         node_index: NonZeroUsize,

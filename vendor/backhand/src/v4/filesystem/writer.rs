@@ -563,6 +563,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         superblock: &SuperBlock,
         kind: &Kind,
         id_table: &Vec<Id>,
+        subtree_ends: &[usize],
     ) -> Result<Entry<'slf>, BackhandError> {
         let node = &self
             .root
@@ -663,14 +664,12 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         };
 
         // ladies and gentlemen, we have a directory
+        // nixos-kexec patch: direct children by subtree hops (linear, not
+        // cubic, in the depth).
         let entries: Vec<_> = self
             .root
-            .children_of(node_id)
-            //only direct children
-            .filter(|(_child_id, child)| {
-                child.fullpath.parent().map(|child| child == node.fullpath).unwrap_or(false)
-            })
-            .map(|(child_id, _child)| {
+            .direct_children(node_id, subtree_ends)
+            .map(|child_id| {
                 self.write_inode_dir(
                     inode_writer,
                     dir_writer,
@@ -684,6 +683,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
                     superblock,
                     kind,
                     id_table,
+                    subtree_ends,
                 )
             })
             .collect::<Result<_, _>>()?;
@@ -787,6 +787,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         data_writer.finalize(&mut w)?;
 
         info!("Writing Other stuff");
+        let subtree_ends = self.root.subtree_ends();
         let root = self.write_inode_dir(
             &mut inode_writer,
             &mut dir_writer,
@@ -797,6 +798,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
             &superblock,
             &self.kind,
             &self.id_table,
+            &subtree_ends,
         )?;
         superblock.root_inode = ((root.start as u64) << 16) | ((root.offset as u64) & 0xffff);
         superblock.inode_count =
