@@ -75,7 +75,7 @@ impl Closure {
             Self::from_json(text, attr)
                 .with_context(|| format!("in structured-attrs JSON {file}"))?
         } else {
-            registration::parse(&text).with_context(|| format!("in registration {file}"))?
+            registration::parse(text).with_context(|| format!("in registration {file}"))?
         };
         Self::new(paths).with_context(|| format!("in closure {file}"))
     }
