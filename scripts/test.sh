@@ -15,6 +15,6 @@ scripts/setup.sh
 export INSTA_UPDATE=no CARGO_TERM_COLOR=never
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test "$@" -- --include-ignored
 # The package's check phase in a real Nix sandbox (nix/package.nix).
 if (($# == 0)); then scripts/sandbox-check.sh; fi
+cargo test "$@" -- --include-ignored

@@ -293,10 +293,17 @@ fn squashfs_packs_a_deep_tree() {
     // in vendor/backhand/PATCHES.md).
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
-    let deep = f.root.join("nix/store").join(&f.paths[0]).join("deep");
-    let leaf = deep.join("d/".repeat(1000));
+    let lib = f.root.join("nix/store").join(&f.paths[0]);
+    let chmod = |mode| {
+        std::fs::set_permissions(&lib, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
+    // The store path is read-only, as in a store; only root writes anyway.
+    chmod(0o755);
+    let leaf = lib.join("deep").join("d/".repeat(1000));
     std::fs::create_dir_all(&leaf).expect("mkdir");
     std::fs::write(leaf.join("f"), b"bottom").expect("write");
+    chmod(0o555);
     let img = dir.join("deep.img");
     build(&f, &img, &[]);
     assert_eq!(extract(&img, &dir), expected(&f, &dir));
