@@ -363,3 +363,43 @@ fn closure_hostile_inputs_get_one_clear_error() {
         );
     }
 }
+
+#[test]
+fn squashfs_interrupted_leaves_nothing() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let lib = f.root.join("nix/store").join(&f.paths[0]);
+    std::fs::set_permissions(&lib, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    // Enough incompressible data for zstd -19 to take seconds.
+    std::fs::write(lib.join("noise"), noise(64 << 20, 7)).expect("write");
+    let out = dir.join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    for signal in ["TERM", "INT", "HUP"] {
+        let mut child = mkkexec()
+            .args(["squashfs", "-q", "-j", "1", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .arg("--output")
+            .arg(out.join("store.img"))
+            .spawn()
+            .expect("spawn");
+        // Wait until the temporary exists, then interrupt.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read_dir(&out).expect("ls").next().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no temporary appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        ok(Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string()));
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "{signal}: finished before the signal");
+        let left: Vec<_> = std::fs::read_dir(&out).expect("ls").collect();
+        assert!(left.is_empty(), "{signal}: left {left:?}");
+    }
+}
