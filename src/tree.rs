@@ -161,7 +161,13 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     } else {
         None
     };
-    tmp.commit(out)?;
+    if let Err(e) = tmp.commit(out) {
+        // Put the old tree back rather than lose it with the new one.
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old.path(), out);
+        }
+        return Err(e);
+    }
     drop(old);
     Ok(())
 }
