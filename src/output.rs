@@ -43,14 +43,11 @@ pub fn on_signals() -> Result<()> {
 }
 
 /// The directory `dest` goes into (created: Nix builders start without
-/// $out) and its file name, refusing a `dest` that is a directory.
+/// $out) and its file name.
 fn split(dest: &Utf8Path) -> Result<(Utf8PathBuf, &str)> {
     let name = dest
         .file_name()
         .with_context(|| format!("output {dest} has no file name"))?;
-    if dest.is_dir() {
-        bail!("output {dest} is a directory; name a file to write instead");
-    }
     let dir = match dest.parent() {
         Some(p) if !p.as_str().is_empty() => p.to_owned(),
         _ => Utf8PathBuf::from("."),
@@ -71,13 +68,10 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn beside(dest: &Utf8Path) -> Result<Self> {
-        let dir = dest.parent().filter(|p| !p.as_str().is_empty());
-        let dir = dir.unwrap_or(Utf8Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {dir} for {dest}"))?;
-        let name = dest.file_name().unwrap_or("out");
+        let (dir, name) = split(dest)?;
         let t = tempfile::Builder::new()
             .prefix(&format!(".{name}.tmp-"))
-            .tempdir_in(dir)
+            .tempdir_in(&dir)
             .with_context(|| format!("cannot create a temporary directory in {dir}"))?;
         let path = utf8(t.keep())?;
         pending().push(path.clone().into());
@@ -123,6 +117,9 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(dest: &Utf8Path) -> Result<Self> {
+        if dest.is_dir() {
+            bail!("output {dest} is a directory; name a file to write instead");
+        }
         let (dir, name) = split(dest)?;
         let (file, tmp) = tempfile::Builder::new()
             .prefix(&format!(".{name}.tmp-"))
