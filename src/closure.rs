@@ -38,6 +38,65 @@ struct JsonPathInfo {
 /// few MiB): a guard against `/dev/zero` or the wrong file.
 const MAX_CLOSURE_BYTES: u64 = 1 << 30;
 
+/// A JSON value in which an object holding a key twice is an error
+/// (serde_json would keep the last value silently): a closure file that
+/// says two things about one path is not trusted.
+struct Strict(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut list = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            list.push(v);
+        }
+        Ok(list.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "key {key:?} appears twice in one object"
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(object.into())
+    }
+}
+
 impl Closure {
     /// Read the closure at `input`; `attr` names the JSON key of the
     /// `exportReferencesGraph` entry.
@@ -83,7 +142,8 @@ impl Closure {
     /// The structured-attrs object (`{"<attr>": [path info, …], …}`), or a
     /// bare list of path infos (`nix path-info --json --recursive`).
     fn from_json(text: &str, attr: &str) -> Result<Vec<PathInfo>> {
-        let (list, attr) = match serde_json::from_str(text)? {
+        let Strict(value) = serde_json::from_str(text)?;
+        let (list, attr) = match value {
             serde_json::Value::Object(mut top) => {
                 let list = top.remove(attr).with_context(|| {
                     let keys: Vec<&str> = top.keys().map(String::as_str).collect();
@@ -248,7 +308,49 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_key() {
+        let text = json("").replace(r#""narSize": 1,"#, r#""narSize": 1, "narSize": 7,"#);
+        let e = Closure::from_json(&text, "closure").expect_err("two narSize");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains(r#"key "narSize" appears twice in one object at line 3"#),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn empty() {
         assert!(Closure::new(vec![]).is_err());
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 1024,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn any_text_parses_or_fails(text in "(?s).{0,400}") {
+                let _ = Closure::from_json(&text, "closure").map(Closure::new);
+            }
+
+            /// Valid structured attrs with one byte changed and cut anywhere
+            /// give a closure or an error, never a panic.
+            #[test]
+            fn damaged_json(at in any::<prop::sample::Index>(), byte in any::<u8>(),
+                            cut in any::<prop::sample::Index>()) {
+                let mut bytes = json(&format!("\"{A}\"")).into_bytes();
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+                bytes.truncate(cut.index(bytes.len()) + 1);
+                let text = String::from_utf8_lossy(&bytes);
+                let _ = Closure::from_json(&text, "closure").map(Closure::new);
+            }
+        }
     }
 }

@@ -122,6 +122,50 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// Check that `path` is an initrd the kernel can unpack: a regular file
+/// whose first member (after zero padding) is a newc cpio or a compression
+/// the kernel knows. Its content is checked later, by the kernel.
+pub fn check_prepend(path: &Utf8Path) -> Result<()> {
+    let what = "the initrd to prepend (NixOS' stage 1, a microcode cpio, …)";
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open initrd {path} to prepend"))?;
+    if !meta.is_file() {
+        bail!("{path} is not a regular file; pass {what}");
+    }
+    let mut head = Vec::with_capacity(8);
+    let mut r = BufReader::new(File::open(path).with_context(|| format!("cannot open {path}"))?);
+    loop {
+        let buf = r
+            .fill_buf()
+            .with_context(|| format!("cannot read {path}"))?;
+        if buf.is_empty() && head.is_empty() {
+            bail!("{path} is empty or only zeros; pass {what}");
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let zeros = if head.is_empty() {
+            buf.iter().take_while(|&&b| b == 0).count()
+        } else {
+            0
+        };
+        let take = (buf.len() - zeros).min(8 - head.len());
+        head.extend_from_slice(&buf[zeros..zeros + take]);
+        let n = zeros + take;
+        r.consume(n);
+        if head.len() == 8 {
+            break;
+        }
+    }
+    if crate::compress::sniff(&head).is_none() {
+        bail!(
+            "{path} is not an initrd: it starts with neither a newc cpio header nor a \
+             compression the kernel unpacks (gzip, zstd, xz, lzma, lz4, bzip2); pass {what}"
+        );
+    }
+    Ok(())
+}
+
 /// Write `files` as a compressed cpio after `prepend` into `output`.
 pub fn build(
     output: &Utf8Path,
@@ -129,6 +173,9 @@ pub fn build(
     files: &[FileSpec],
     opts: &Options,
 ) -> Result<()> {
+    for p in prepend {
+        check_prepend(p)?;
+    }
     let entries = plan(files)?;
     let mut out = AtomicFile::create(output)?;
     let mut offset = 0u64;

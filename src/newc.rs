@@ -90,12 +90,21 @@ impl<W: Write> NewcWriter<W> {
         self.header(name, S_IFDIR | (perm & 0o7777), 2, 0)
     }
 
-    /// A regular file of exactly `size` bytes read from `data`.
-    pub fn file(&mut self, name: &str, perm: u32, size: u64, data: impl Read) -> Result<()> {
+    /// A regular file of exactly `size` bytes read from `data`; `data`
+    /// holding fewer or more bytes is an error (the file changed while it
+    /// was read, or is one whose size is not its content, like `/proc`'s).
+    pub fn file(&mut self, name: &str, perm: u32, size: u64, mut data: impl Read) -> Result<()> {
         self.header(name, S_IFREG | (perm & 0o7777), 1, size)?;
-        let copied = io::copy(&mut data.take(size), &mut self.w)?;
+        let copied = io::copy(&mut (&mut data).take(size), &mut self.w)?;
         if copied != size {
             bail!("{name} shrank while it was being archived ({copied} of {size} bytes)");
+        }
+        if data.read(&mut [0u8])? != 0 {
+            bail!(
+                "{name} has more than the {size} bytes its size says: it grew while it was \
+                 being archived, or its size is not its content (a /proc or /sys file); copy it \
+                 to a regular file first"
+            );
         }
         self.offset += size;
         self.pad()?;
@@ -156,6 +165,13 @@ mod tests {
         let mut w = NewcWriter::new(Vec::new());
         let e = w.file("x", 0o644, 10, &b"abc"[..]).expect_err("short");
         assert!(e.to_string().contains("shrank"), "{e}");
+    }
+
+    #[test]
+    fn long_file_is_an_error() {
+        let mut w = NewcWriter::new(Vec::new());
+        let e = w.file("x", 0o644, 0, &b"abc"[..]).expect_err("long");
+        assert!(e.to_string().contains("more than the 0 bytes"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub struct PathInfo {
 /// A parse error; `line` is 1-based.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RegistrationError {
+    #[error(
+        "line {line}: the file ends in the middle of this line: it was cut short (Nix ends \
+         every line with a newline); write it again"
+    )]
+    Cut { line: usize },
     #[error("line {line}: the file ends where {expected} of {path} was expected")]
     UnexpectedEnd {
         line: usize,
@@ -90,7 +95,17 @@ impl<'a> Lines<'a> {
 /// Parse a whole registration.
 pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
     // A final newline ends the last line; it does not start an empty one.
-    let body = text.strip_suffix('\n').unwrap_or(text);
+    // Without one, the last line may be a store path cut in two, which
+    // would be read as a valid but different path.
+    let body = match text.strip_suffix('\n') {
+        Some(body) => body,
+        None if text.is_empty() => text,
+        None => {
+            return Err(RegistrationError::Cut {
+                line: text.split('\n').count(),
+            });
+        }
+    };
     let last = if body.is_empty() {
         0
     } else {
@@ -199,11 +214,14 @@ mod tests {
     }
 
     #[test]
-    fn no_trailing_newline() {
+    fn cut_in_a_line() {
         let s = sample();
+        // Cut inside the last deriver.
+        let cut = &s[..s.len() - 4];
+        assert_eq!(err(cut.to_owned()), RegistrationError::Cut { line: 11 });
         assert_eq!(
-            parse(s.trim_end()).expect("valid"),
-            parse(&s).expect("valid")
+            err(s.trim_end().to_owned()),
+            RegistrationError::Cut { line: 12 }
         );
     }
 
@@ -287,5 +305,44 @@ mod tests {
             err(format!("{A}\n{H}\n1\n\n1\n{A} \n")),
             RegistrationError::InvalidReference { line: 6, .. }
         ));
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 1024,
+                // Nothing is written beside the sources (read-only in Nix).
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_text_parses_or_fails(text in "(?s).{0,400}") {
+                let _ = parse(&text);
+            }
+
+            /// A valid registration with one byte changed and cut anywhere
+            /// either fails or round-trips.
+            #[test]
+            fn damaged_sample(at in any::<prop::sample::Index>(), byte in any::<u8>(),
+                              cut in any::<prop::sample::Index>()) {
+                let mut bytes = sample().into_bytes();
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+                bytes.truncate(cut.index(bytes.len()) + 1);
+                let text = String::from_utf8_lossy(&bytes);
+                if let Ok(infos) = parse(&text) {
+                    let again = Registration(&infos).to_string();
+                    prop_assert_eq!(parse(&again).expect("reparse"), infos);
+                }
+            }
+        }
     }
 }

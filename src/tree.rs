@@ -117,9 +117,7 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
         );
     }
     for p in opts.prepend_initrd {
-        if !p.is_file() {
-            bail!("--prepend-initrd {p} is not a file (NixOS' stage-1 initrd)");
-        }
+        initrd::check_prepend(p).context("--prepend-initrd")?;
     }
     // The scripts' inputs are checked before the long work: the sizes are
     // all that changes later.

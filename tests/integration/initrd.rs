@@ -145,6 +145,27 @@ fn initrd_errors_name_the_problem() {
             .arg(dir.join("o")),
     );
     assert!(e.contains("cannot open initrd /nonexistent"), "{e}");
+    // Not an initrd: refused before anything is written.
+    std::fs::write(dir.join("garbage"), b"\0\0\0\0hello, not a cpio").expect("write");
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--prepend"])
+            .arg(dir.join("garbage"))
+            .arg("-o")
+            .arg(dir.join("o")),
+    );
+    assert!(e.contains("garbage is not an initrd"), "{e}");
+    std::fs::remove_file(dir.join("garbage")).expect("rm");
+    // A file whose size is not its content (procfs says 0 bytes).
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "-q", "--file", "/proc/version:/v", "-o"])
+            .arg(dir.join("o")),
+    );
+    assert!(
+        e.contains("v has more than the 0 bytes its size says"),
+        "{e}"
+    );
     assert!(!dir.join("o").exists());
     assert_eq!(
         std::fs::read_dir(&dir).expect("ls").count(),

@@ -6,6 +6,7 @@
 mod boot;
 mod common;
 mod initrd;
+mod inspect;
 mod module;
 mod nix;
 mod script;

@@ -84,6 +84,15 @@ fn squashfs_extracts_to_the_source_and_matches_mksquashfs() {
     ]);
     ok(&mut cmd);
     assert_eq!(listing(&ours), listing(&theirs));
+    // `inspect` reads mksquashfs' image, long symlink targets and all, and
+    // sees what it sees in ours (the size may differ).
+    let inspect = |img: &camino::Utf8Path| {
+        let text = ok(mkkexec().arg("inspect").arg(img));
+        let (head, rest) = text.split_once('\n').expect("a header line");
+        let entries = head.split(", ").nth(2).expect("entries").to_owned();
+        (entries, rest.to_owned())
+    };
+    assert_eq!(inspect(&ours), inspect(&theirs));
     assert_eq!(extract(&ours, &dir), extract(&theirs, &dir));
     let (a, b) = (
         ours.metadata().expect("stat").len(),
@@ -230,7 +239,8 @@ fn squashfs_errors_name_the_problem() {
     // A registration that is cut short names the file and the line.
     let text = std::fs::read_to_string(&f.registration).expect("read");
     let cut = dir.join("cut");
-    std::fs::write(&cut, text.lines().take(7).collect::<Vec<_>>().join("\n")).expect("write");
+    let seven: String = text.lines().take(7).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&cut, &seven).expect("write");
     let e = run(&[], &cut);
     assert!(
         e.contains(&format!("in registration {cut}")) && e.contains("line 8:"),
@@ -353,6 +363,26 @@ fn closure_hostile_inputs_get_one_clear_error() {
             .arg(dir.join("zero.img")),
     );
     assert!(e.contains("closure /dev/zero is not a regular file"), "{e}");
+    // Cut in the middle of a line: the rest of the line may read as a valid
+    // store path, so this must not be reported as a reference outside the
+    // closure.
+    let e = fails(&mut try_closure("cut", &text[..text.len() - 10]));
+    assert!(
+        e.contains("the file ends in the middle of this line"),
+        "{e}"
+    );
+    assert!(!e.contains("not closed"), "{e}");
+    // Two values for one key: which one Nix meant is unknown.
+    let e = fails(&mut try_closure(
+        "twice.json",
+        r#"{"closure": [], "closure": []}"#,
+    ));
+    assert!(e.contains(r#"key "closure" appears twice"#), "{e}");
+    // A thread count no machine has.
+    for j in ["257", "100000", "4294967295"] {
+        let e = fails(try_closure("j", &text).args(["-j", j]));
+        assert!(e.contains(&format!("{j} is not in 0..=256")), "{e}");
+    }
     // A byte order mark is not part of the registration.
     ok(&mut try_closure("bom", &format!("\u{feff}{text}")));
     for leftover in std::fs::read_dir(&dir).expect("ls") {
@@ -402,4 +432,49 @@ fn squashfs_interrupted_leaves_nothing() {
         let left: Vec<_> = std::fs::read_dir(&out).expect("ls").collect();
         assert!(left.is_empty(), "{signal}: left {left:?}");
     }
+}
+
+#[test]
+#[ignore = "needs root: mounts a 64 KiB tmpfs to fill"]
+fn full_disk_leaves_nothing() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let small = dir.join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&small));
+    // Unmounted however the test ends.
+    struct Unmount<'a>(&'a camino::Utf8Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&small);
+    let e = fails(
+        mkkexec()
+            .args(["squashfs", "-q", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .arg("--output")
+            .arg(small.join("store.img")),
+    );
+    assert!(e.contains("No space left on device"), "{e}");
+    no_leftovers(&small);
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "-q", "--compression", "none", "--file"])
+            .arg(format!("{}:/big", data_path(&f).join("big")))
+            .arg("--output")
+            .arg(small.join("initrd")),
+    );
+    assert!(e.contains("No space left on device"), "{e}");
+    no_leftovers(&small);
+}
+
+fn data_path(f: &Fixture) -> camino::Utf8PathBuf {
+    let data = f.paths.iter().find(|p| p.ends_with("-data")).expect("data");
+    f.root.join("nix/store").join(data)
 }

@@ -136,8 +136,9 @@ fn tree_layout_contents_and_reproducibility() {
 fn tree_errors_name_the_problem() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
+    // Starts like a newc cpio: enough for the checks before the build.
     let file = dir.join("some-file");
-    std::fs::write(&file, "x").expect("write");
+    std::fs::write(&file, "070701").expect("write");
     let base = |toplevel: &str, out: &Utf8Path| {
         let mut c = mkkexec();
         c.args(["tree", "--closure"])
@@ -159,6 +160,18 @@ fn tree_errors_name_the_problem() {
     assert!(e.contains("is not in the closure"), "{e}");
     let e = fails(&mut base(&f.toplevel, &dir.join("t")));
     assert!(e.contains("--prepend-initrd is missing"), "{e}");
+    let garbage = dir.join("garbage");
+    std::fs::write(&garbage, "x").expect("write");
+    let e = fails(
+        base(&f.toplevel, &dir.join("t"))
+            .arg("--prepend-initrd")
+            .arg(&garbage),
+    );
+    assert!(
+        e.contains(&format!("--prepend-initrd: {garbage} is not an initrd")),
+        "{e}"
+    );
+    std::fs::remove_file(&garbage).expect("rm");
     let e = fails(base(&f.toplevel, &dir).arg("--prepend-initrd").arg(&file));
     assert!(e.contains("exists and is not a kexec tree"), "{e}");
 
