@@ -45,31 +45,15 @@ let
 
   optionalArgs = flag: value: if value == null then [ ] else [ flag (toString value) ];
 
-  squashfsArgs =
-    prefix:
-    {
-      squashfsCompression ? "zstd",
-      squashfsLevel ? null,
-      ...
-    }:
+  # --squashfs-compression/--squashfs-level and --initrd-compression/
+  # --initrd-level, spelled the same in every subcommand.
+  compressionArgs =
+    kind: args:
     [
-      "--${prefix}compression"
-      squashfsCompression
+      "--${kind}-compression"
+      (args."${kind}Compression" or "zstd")
     ]
-    ++ optionalArgs "--${prefix}level" squashfsLevel;
-
-  initrdArgs =
-    prefix:
-    {
-      initrdCompression ? "zstd",
-      initrdLevel ? null,
-      ...
-    }:
-    [
-      "--${prefix}compression"
-      initrdCompression
-    ]
-    ++ optionalArgs "--${prefix}level" initrdLevel;
+    ++ optionalArgs "--${kind}-level" (args."${kind}Level" or null);
 
   kernelParamArgs = map (p: "--kernel-param=${p}");
 in
@@ -87,7 +71,7 @@ in
         "squashfs"
         "--closure"
         ".attrs.json"
-      ] ++ squashfsArgs "" args;
+      ] ++ compressionArgs "squashfs" args;
     };
 
   # <out>/initrd: the stage-1 initrd followed by a cpio with /nix-store.squashfs.
@@ -102,11 +86,11 @@ in
       inherit name;
       mkkexecArgs = [
         "initrd"
-        "--prepend"
+        "--prepend-initrd"
         "${initrd}"
         "--file"
         "${squashfs}:/nix-store.squashfs"
-      ] ++ initrdArgs "" args;
+      ] ++ compressionArgs "initrd" args;
       outputSuffix = "/initrd";
     };
 
@@ -165,8 +149,8 @@ in
           "--prepend-initrd"
           "${initrd}"
         ]
-        ++ squashfsArgs "squashfs-" args
-        ++ initrdArgs "initrd-" args
+        ++ compressionArgs "squashfs" args
+        ++ compressionArgs "initrd" args
         ++ kernelParamArgs kernelParams;
     };
 

@@ -4,7 +4,7 @@
 Builds a store-like tree from this machine's /usr (store paths named
 <hash>-<dir>, with a registration), then times, on the same input:
   squashfs zstd-19   mkkexec squashfs        vs mksquashfs (make-squashfs.nix flags)
-  squashfs xz        mkkexec --compression xz vs mksquashfs -comp xz -Xdict-size 100%
+  squashfs xz        mkkexec --squashfs-compression xz vs mksquashfs -comp xz -Xdict-size 100%
   initrd             mkkexec initrd           vs echo img | cpio -o -H newc | zstd -19 -T0
   tree               mkkexec tree             vs mksquashfs + cpio + zstd (+ the stage 1 prepended)
 and prints wall time, CPU time, peak RSS and output size, each the median of
@@ -129,11 +129,11 @@ def main():
         mksq = f"mksquashfs {o('nix-path-registration')} {paths} {{out}} {mk_flags} -processors {cores}"
         ours_sq = f"{mkkexec} -q squashfs --closure {reg} --root {d} -o {{out}}"
         if want("zstd"):
-            a = median_run(ours_sq.format(out=o("ours.zstd")) + " --compression zstd --level 19", o("ours.zstd"), args.runs)
+            a = median_run(ours_sq.format(out=o("ours.zstd")) + " --squashfs-compression zstd --squashfs-level 19", o("ours.zstd"), args.runs)
             b = median_run(mksq.format(out=o("ref.zstd")) + " -comp zstd -Xcompression-level 19", o("ref.zstd"), args.runs)
             rows.append((f"{size} MiB squashfs zstd-19", a, b))
         if want("xz"):
-            a = median_run(ours_sq.format(out=o("ours.xz")) + " --compression xz", o("ours.xz"), args.runs)
+            a = median_run(ours_sq.format(out=o("ours.xz")) + " --squashfs-compression xz", o("ours.xz"), args.runs)
             b = median_run(mksq.format(out=o("ref.xz")) + " -comp xz -Xdict-size 100%", o("ref.xz"), args.runs)
             rows.append((f"{size} MiB squashfs xz", a, b))
         if want("initrd"):

@@ -1,21 +1,24 @@
 //! mkkexec: turns a NixOS closure into what `kexec` boots — a squashfs of
 //! the store, an initrd that carries it, a kexec script and a tarball.
+//!
+//! Data flows one way, from the command line down to the files:
+//!
+//! ```text
+//! cli ─┬─> boot (tree, scripts, tarball) ─┬─> squashfs (codec, blocks)
+//!      │                                  └─> initrd (newc, codec, scan)
+//!      └─> nix (nixbase32, hash, store path, registration, closure)
+//! ```
+//!
+//! `output` (atomic files), `progress` and `level` serve them all. `nix` and
+//! `boot` are public for the integration tests; the rest is private.
 
-pub mod blocks;
-pub mod cli;
-pub mod closure;
-pub mod compress;
-pub mod hash;
-pub mod initrd;
-pub mod inspect;
-pub mod newc;
-pub mod nixbase32;
-pub mod output;
-pub mod progress;
-pub mod registration;
-pub mod run;
-pub mod script;
-pub mod squashfs;
-pub mod store_path;
-pub mod tarball;
-pub mod tree;
+pub mod boot;
+mod cli;
+mod initrd;
+mod level;
+pub mod nix;
+mod output;
+mod progress;
+mod squashfs;
+
+pub use cli::{Cli, run};

@@ -3,11 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = mkkexec::cli::Cli::parse();
-    if let Err(e) = mkkexec::output::on_signals() {
-        eprintln!("mkkexec: warning: {e:#}; an interrupted run may leave a temporary file");
-    }
-    match mkkexec::run::run(cli) {
+    match mkkexec::run(mkkexec::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mkkexec: error: {e:#}");

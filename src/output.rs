@@ -173,6 +173,15 @@ impl AtomicFile {
     }
 }
 
+/// Write `contents` to `path` with `mode`, atomically.
+pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(contents)
+        .with_context(|| format!("cannot write {path}"))?;
+    f.set_mode(mode)?;
+    f.commit()
+}
+
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match &mut self.file {

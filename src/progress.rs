@@ -25,6 +25,21 @@ impl Counters {
     }
 }
 
+/// A reader that adds the bytes it reads to [`Counters`] (progress, and
+/// offsets in what was read).
+pub struct Counting<R> {
+    pub inner: R,
+    pub counters: Arc<Counters>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counters.add_bytes(n as u64);
+        Ok(n)
+    }
+}
+
 /// Reports [`Counters`] until dropped.
 pub struct Progress {
     counters: Arc<Counters>,

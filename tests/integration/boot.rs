@@ -55,7 +55,7 @@ fn stage1() -> &'static Utf8Path {
         c.args([
             "initrd",
             "-q",
-            "--compression",
+            "--initrd-compression",
             "gzip",
             "--file",
             "/bin/busybox:/bin/busybox",

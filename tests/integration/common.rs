@@ -61,7 +61,7 @@ pub fn base(name: &str) -> String {
     for (i, b) in name.bytes().enumerate() {
         digest[i % 20] = digest[i % 20].wrapping_mul(31).wrapping_add(b);
     }
-    format!("{}-{name}", mkkexec::nixbase32::encode(&digest))
+    format!("{}-{name}", mkkexec::nix::nixbase32::encode(&digest))
 }
 
 pub const NAR_HASH: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";

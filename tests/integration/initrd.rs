@@ -33,7 +33,13 @@ fn initrd_every_compression_unpacks_after_the_prepended_one() {
     ] {
         let out = dir.join(format!("initrd.{c}"));
         ok(mkkexec()
-            .args(["initrd", "-q", "--compression", c, "--prepend"])
+            .args([
+                "initrd",
+                "-q",
+                "--initrd-compression",
+                c,
+                "--prepend-initrd",
+            ])
             .arg(&s1)
             .arg("--file")
             .arg(format!("{big}:/nix-store.squashfs"))
@@ -135,13 +141,20 @@ fn initrd_errors_name_the_problem() {
     assert!(e.contains("without . or .."), "{e}");
     let e = fails(
         mkkexec()
-            .args(["initrd", "--compression", "xz", "--level", "12", "-o"])
+            .args([
+                "initrd",
+                "--initrd-compression",
+                "xz",
+                "--initrd-level",
+                "12",
+                "-o",
+            ])
             .arg(dir.join("o")),
     );
     assert!(e.contains("level 12 is out of range"), "{e}");
     let e = fails(
         mkkexec()
-            .args(["initrd", "--prepend", "/nonexistent", "-o"])
+            .args(["initrd", "--prepend-initrd", "/nonexistent", "-o"])
             .arg(dir.join("o")),
     );
     assert!(e.contains("cannot open initrd /nonexistent"), "{e}");
@@ -149,7 +162,7 @@ fn initrd_errors_name_the_problem() {
     std::fs::write(dir.join("garbage"), b"\0\0\0\0hello, not a cpio").expect("write");
     let e = fails(
         mkkexec()
-            .args(["initrd", "--prepend"])
+            .args(["initrd", "--prepend-initrd"])
             .arg(dir.join("garbage"))
             .arg("-o")
             .arg(dir.join("o")),

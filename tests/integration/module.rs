@@ -147,14 +147,14 @@ fn module_honours_netboot_options() {
     let c = checks(r#"[ { netboot.squashfsCompression = "xz -Xdict-size 100%"; } ]"#);
     assert_eq!(
         strs(&c["systemd"]["args"]["squashfsStore"])[3..],
-        ["--compression", "xz"]
+        ["--squashfs-compression", "xz"]
     );
     let c = checks(
         r#"[ { netboot.squashfsCompression = "xz -Xbcj x86"; nixosKexec.squashfs.compression = "gzip"; } ]"#,
     );
     assert_eq!(
         strs(&c["systemd"]["args"]["squashfsStore"])[3..],
-        ["--compression", "gzip"]
+        ["--squashfs-compression", "gzip"]
     );
     // netboot.storeContents adds to the image; the toplevel stays in it even
     // when the list is forced empty.

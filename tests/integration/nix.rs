@@ -81,7 +81,7 @@ fn nix_closure_registration_loads_and_verifies_in_nix() {
     let json = build_fixture("closureJson", &dummy_args());
     let img = dir.join("store.img");
     ok(mkkexec()
-        .args(["squashfs", "-q", "--level", "3", "--closure"])
+        .args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
         .arg(&json)
         .arg("-o")
         .arg(&img));
@@ -140,7 +140,7 @@ fn nix_closure_registration_loads_and_verifies_in_nix() {
 fn nix_builds_tree_and_tarball_without_nixpkgs() {
     let args = dummy_args();
     let tree = build_fixture("tree", &args);
-    for (f, _) in mkkexec::tree::FILES {
+    for (f, _) in mkkexec::boot::tree::FILES {
         assert!(tree.join(f).is_file(), "{tree}/{f} missing");
     }
     let toplevel = build_fixture("toplevel", &args);

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use camino::Utf8Path;
-use mkkexec::script::{BootSpec, kexec_boot, netboot_ipxe};
+use mkkexec::boot::script::{BootSpec, kexec_boot, netboot_ipxe};
 
 use crate::common::*;
 

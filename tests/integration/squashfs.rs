@@ -22,9 +22,10 @@ fn expected(f: &Fixture, dir: &camino::Utf8Path) -> Vec<String> {
     std::fs::create_dir(&e).expect("mkdir");
     sh(&format!("cp -a {}/nix/store/. {e}/", f.root));
     let text = std::fs::read_to_string(&f.registration).expect("read");
-    let mut closure =
-        mkkexec::closure::Closure::new(mkkexec::registration::parse(&text).expect("parse"))
-            .expect("closed");
+    let mut closure = mkkexec::nix::closure::Closure::new(
+        mkkexec::nix::registration::parse(&text).expect("parse"),
+    )
+    .expect("closed");
     closure.paths.sort_by(|a, b| a.path.cmp(&b.path));
     std::fs::write(e.join("nix-path-registration"), closure.registration()).expect("write");
     std::fs::set_permissions(
@@ -123,9 +124,9 @@ fn squashfs_every_compression_extracts() {
         ("none", ""),
     ] {
         let img = dir.join(format!("{c}.img"));
-        let mut args = vec!["--compression", c];
+        let mut args = vec!["--squashfs-compression", c];
         if !extra.is_empty() {
-            args.extend(["--level", extra]);
+            args.extend(["--squashfs-level", extra]);
         }
         build(&f, &img, &args);
         assert_eq!(extract(&img, &dir), want, "{c}");
@@ -152,7 +153,7 @@ fn squashfs_is_reproducible_and_input_form_does_not_matter() {
 
     // The same closure as structured-attrs JSON, in another order, SRI hashes.
     let text = std::fs::read_to_string(&f.registration).expect("read");
-    let infos = mkkexec::registration::parse(&text).expect("parse");
+    let infos = mkkexec::nix::registration::parse(&text).expect("parse");
     let entries: Vec<_> = infos
         .iter()
         .rev()
@@ -233,7 +234,7 @@ fn squashfs_errors_name_the_problem() {
     };
     let e = run(&["--block-size", "1000"], &f.registration);
     assert!(e.contains("block size 1000 is invalid"), "{e}");
-    let e = run(&["--level", "30"], &f.registration);
+    let e = run(&["--squashfs-level", "30"], &f.registration);
     assert!(e.contains("level 30 is out of range"), "{e}");
 
     // A registration that is cut short names the file and the line.
@@ -465,7 +466,7 @@ fn full_disk_leaves_nothing() {
     no_leftovers(&small);
     let e = fails(
         mkkexec()
-            .args(["initrd", "-q", "--compression", "none", "--file"])
+            .args(["initrd", "-q", "--initrd-compression", "none", "--file"])
             .arg(format!("{}:/big", data_path(&f).join("big")))
             .arg("--output")
             .arg(small.join("initrd")),

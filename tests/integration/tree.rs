@@ -107,7 +107,7 @@ fn tree_layout_contents_and_reproducibility() {
     sh(&format!("cd {x} && zstd -dc {dir}/tail | cpio -id --quiet"));
     let alone = dir.join("alone.img");
     ok(mkkexec()
-        .args(["squashfs", "-q", "--level", "3", "--closure"])
+        .args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
         .arg(&f.registration)
         .arg("--root")
         .arg(&f.root)
@@ -119,7 +119,7 @@ fn tree_layout_contents_and_reproducibility() {
     );
 
     // Built again over the old tree: the same bytes.
-    let names: Vec<&str> = mkkexec::tree::FILES.iter().map(|f| f.0).collect();
+    let names: Vec<&str> = mkkexec::boot::tree::FILES.iter().map(|f| f.0).collect();
     let before: Vec<_> = names
         .iter()
         .map(|n| std::fs::read(out.join(n)).expect("read"))

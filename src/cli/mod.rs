@@ -4,9 +4,14 @@
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand};
 
-use crate::compress::InitrdCompression;
-use crate::initrd::FileSpec;
-use crate::squashfs::SquashfsCompression;
+mod inspect;
+mod run;
+
+pub use run::run;
+
+use crate::initrd::{FileSpec, InitrdCompression};
+use crate::level;
+use crate::squashfs::{DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,11 +56,10 @@ pub struct SquashfsArgs {
     /// Block compression of the store image.
     #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
     pub squashfs_compression: SquashfsCompression,
-    /// Compression level (zstd 1-22, default 19; xz 0-9, default 6; gzip 1-9, default 9).
-    #[arg(long)]
+    #[arg(long, help = level::help::<SquashfsCompression>())]
     pub squashfs_level: Option<u32>,
     /// Squashfs block size in bytes: a power of two from 4096 to 1048576.
-    #[arg(long, default_value_t = crate::squashfs::DEFAULT_BLOCK_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
     pub block_size: u32,
 }
 
@@ -64,8 +68,7 @@ pub struct InitrdArgs {
     /// Compression of the appended cpio (the kernel reads zstd, gzip, xz with CRC32, or none).
     #[arg(long, value_enum, default_value_t = InitrdCompression::Zstd)]
     pub initrd_compression: InitrdCompression,
-    /// Compression level (zstd 1-22, default 19; gzip 1-9, default 9; xz 0-9, default 6).
-    #[arg(long)]
+    #[arg(long, help = level::help::<InitrdCompression>())]
     pub initrd_level: Option<u32>,
 }
 
@@ -81,36 +84,25 @@ pub enum Command {
         /// The image to write.
         #[arg(long, short)]
         output: Utf8PathBuf,
-        /// Block compression.
-        #[arg(long, value_enum, default_value_t = SquashfsCompression::Zstd)]
-        compression: SquashfsCompression,
-        /// Compression level (zstd 1-22, default 19; xz 0-9, default 6; gzip 1-9, default 9).
-        #[arg(long)]
-        level: Option<u32>,
-        /// Block size in bytes: a power of two from 4096 to 1048576.
-        #[arg(long, default_value_t = crate::squashfs::DEFAULT_BLOCK_SIZE)]
-        block_size: u32,
+        #[command(flatten)]
+        squashfs: SquashfsArgs,
     },
     /// Write a compressed newc cpio of files, after prepended initrds.
     #[command(
-        after_help = "Example:\n  mkkexec initrd --prepend stage1/initrd --file store.squashfs:/nix-store.squashfs \\\n    --output initrd.gz"
+        after_help = "Example:\n  mkkexec initrd --prepend-initrd stage1/initrd --file store.squashfs:/nix-store.squashfs \\\n    --output initrd.gz"
     )]
     Initrd {
         /// The initrd to write.
         #[arg(long, short)]
         output: Utf8PathBuf,
         /// An initrd to put first, byte for byte (repeatable, in order).
-        #[arg(long)]
-        prepend: Vec<Utf8PathBuf>,
+        #[arg(long = "prepend-initrd")]
+        prepend_initrd: Vec<Utf8PathBuf>,
         /// SRC:DEST, a file to add at DEST (repeatable; parent directories are created).
         #[arg(long = "file")]
         files: Vec<FileSpec>,
-        /// Compression (the kernel reads zstd, gzip, xz with CRC32, or none).
-        #[arg(long, value_enum, default_value_t = InitrdCompression::Zstd)]
-        compression: InitrdCompression,
-        /// Compression level (zstd 1-22, default 19; gzip 1-9, default 9; xz 0-9, default 6).
-        #[arg(long)]
-        level: Option<u32>,
+        #[command(flatten)]
+        initrd: InitrdArgs,
     },
     /// Build the whole kexec tree: bzImage, initrd.gz, kexec-boot, netboot.ipxe.
     #[command(

@@ -13,7 +13,7 @@ use std::fmt;
 use data_encoding::{BASE64, HEXLOWER_PERMISSIVE};
 use thiserror::Error;
 
-use crate::nixbase32;
+use super::nixbase32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashAlgo {

@@ -10,7 +10,7 @@
 //!
 //! Every inode is owned by 0:0 with mtime 1; file modes are kept; symlinks are
 //! stored, never followed; identical files are stored once. Writing is done by
-//! backhand; [`crate::blocks`] compresses the blocks for it, in parallel.
+//! backhand; [`blocks`] compresses the blocks for it, in parallel.
 //! Spec: <https://dr-emann.github.io/squashfs/>
 
 use std::fs::File;
@@ -20,125 +20,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use backhand::compression::Compressor;
 use backhand::kind::Kind;
-use backhand::{CompressionExtra, ExtraXz, FilesystemCompressor, FilesystemWriter, NodeHeader};
+use backhand::{FilesystemWriter, NodeHeader};
 use camino::Utf8Path;
-use clap::ValueEnum;
 
-use crate::blocks::{Method, Pipeline, Source};
-use crate::closure::Closure;
+mod blocks;
+mod codec;
+
+use blocks::{Pipeline, Source};
+
+pub use codec::{Codec, DEFAULT_BLOCK_SIZE, SquashfsCompression};
+
+use crate::nix::closure::Closure;
 use crate::output::AtomicFile;
 use crate::progress::{Counters, Progress, mib};
-
-/// Compression of the squashfs blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SquashfsCompression {
-    Zstd,
-    Xz,
-    Gzip,
-    Lz4,
-    /// Every block stored as is (the superblock says gzip, which every
-    /// kernel with squashfs reads, but no block is compressed).
-    None,
-}
-
-impl SquashfsCompression {
-    pub fn default_level(self) -> u32 {
-        match self {
-            SquashfsCompression::Zstd => 19,
-            SquashfsCompression::Xz => 6,
-            SquashfsCompression::Gzip => 9,
-            SquashfsCompression::Lz4 | SquashfsCompression::None => 0,
-        }
-    }
-
-    fn levels(self) -> std::ops::RangeInclusive<u32> {
-        match self {
-            SquashfsCompression::Zstd => 1..=22,
-            SquashfsCompression::Xz => 0..=9,
-            SquashfsCompression::Gzip => 1..=9,
-            SquashfsCompression::Lz4 | SquashfsCompression::None => 0..=0,
-        }
-    }
-}
 
 /// How to build the image.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub compression: SquashfsCompression,
-    pub level: Option<u32>,
-    pub block_size: u32,
+    pub codec: Codec,
     pub jobs: u32,
     pub quiet: bool,
-}
-
-pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
-
-impl Options {
-    fn level(&self) -> Result<u32> {
-        let c = self.compression;
-        crate::compress::check_level("squashfs", c, self.level, c.default_level(), c.levels())
-    }
-
-    fn check_block_size(&self) -> Result<()> {
-        let b = self.block_size;
-        if !(4096..=DEFAULT_BLOCK_SIZE).contains(&b) || !b.is_power_of_two() {
-            bail!(
-                "block size {b} is invalid: use a power of two from 4096 to 1048576 (1 MiB, the default)"
-            );
-        }
-        Ok(())
-    }
-
-    fn fs_compressor(&self, level: u32) -> Result<FilesystemCompressor> {
-        use backhand::compression::{CompressionOptions as O, Gzip, Lz4, Xz, Zstd};
-        use backhand::v4::compressor::XzFilter;
-        let (id, options) = match self.compression {
-            SquashfsCompression::Zstd => (
-                Compressor::Zstd,
-                Some(O::Zstd(Zstd {
-                    compression_level: level,
-                })),
-            ),
-            // mksquashfs -comp xz -Xdict-size 100%: the dictionary is a block.
-            SquashfsCompression::Xz => (
-                Compressor::Xz,
-                Some(O::Xz(Xz {
-                    dictionary_size: self.block_size,
-                    filters: XzFilter::new(0),
-                    bit_opts: None,
-                    fb: None,
-                })),
-            ),
-            SquashfsCompression::Gzip => (
-                Compressor::Gzip,
-                Some(O::Gzip(Gzip {
-                    compression_level: level,
-                    window_size: 15,
-                    strategies: 0,
-                })),
-            ),
-            // Version 1 is the only lz4 format the kernel reads (LZ4_LEGACY).
-            SquashfsCompression::Lz4 => (
-                Compressor::Lz4,
-                Some(O::Lz4(Lz4 {
-                    version: 1,
-                    flags: 0,
-                })),
-            ),
-            SquashfsCompression::None => (Compressor::Gzip, None),
-        };
-        let mut fc =
-            FilesystemCompressor::new(id, options).context("invalid compression options")?;
-        if self.compression == SquashfsCompression::Xz {
-            let mut xz = ExtraXz::default();
-            xz.level(level).context("invalid xz level")?;
-            fc.extra(CompressionExtra::Xz(xz))
-                .context("invalid xz options")?;
-        }
-        Ok(fc)
-    }
 }
 
 /// Opens its file at the first read and closes it at the end, so that only
@@ -188,11 +90,9 @@ impl Read for LazyReader {
 
 /// Totals found while walking the closure.
 #[derive(Default, Debug)]
-pub struct Stats {
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub bytes: u64,
+struct Stats {
+    files: u64,
+    bytes: u64,
 }
 
 struct Walker {
@@ -220,7 +120,6 @@ impl Walker {
             let target = std::fs::read_link(src)
                 .with_context(|| format!("cannot read symlink {}", src.display()))?;
             self.fs.push_symlink(target, dest, h).with_context(ctx)?;
-            self.stats.symlinks += 1;
         } else if ft.is_file() {
             let size = meta.len();
             let reader = LazyReader {
@@ -238,7 +137,6 @@ impl Walker {
             self.stats.bytes += size;
         } else if ft.is_dir() {
             self.fs.push_dir(dest, h).with_context(ctx)?;
-            self.stats.dirs += 1;
             let mut entries = std::fs::read_dir(src)
                 .with_context(|| format!("cannot list {}", src.display()))?
                 .map(|e| e.map(|e| e.file_name()))
@@ -268,24 +166,16 @@ impl Walker {
 }
 
 /// Build the image of `closure`, whose store lies below `root`, at `output`.
-pub fn build(
-    closure: &Closure,
-    root: &Utf8Path,
-    output: &Utf8Path,
-    opts: &Options,
-) -> Result<Stats> {
-    opts.check_block_size()?;
-    let level = opts.level()?;
-    let fc = opts.fs_compressor(level)?;
+pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Options) -> Result<()> {
     closure.check_present(root)?;
 
     let registration = Arc::new(closure.registration().into_bytes());
 
     let counters = Arc::new(Counters::default());
     let mut fs = FilesystemWriter::default();
-    fs.set_compressor(fc);
-    fs.set_emit_compression_options(opts.compression != SquashfsCompression::None);
-    fs.set_block_size(opts.block_size);
+    fs.set_compressor(opts.codec.fs);
+    fs.set_emit_compression_options(opts.codec.emits_options());
+    fs.set_block_size(opts.codec.block_size);
     fs.set_time(1);
     fs.set_root_mode(0o755);
     fs.set_root_uid(0);
@@ -321,13 +211,8 @@ pub fn build(
 
     // backhand writes files in the order of their paths in the image.
     sources.sort_by(|a, b| a.0.cmp(&b.0));
-    let method = Method {
-        compression: opts.compression,
-        level,
-        block_size: opts.block_size,
-    };
     let sources = sources.into_iter().map(|(_, s)| s).collect();
-    let pipeline = Pipeline::start(method, opts.jobs, sources, Arc::clone(&counters), fc);
+    let pipeline = Pipeline::start(opts.codec, opts.jobs, sources, Arc::clone(&counters));
     fs.set_kind(Kind::new_v4(pipeline.compressor));
 
     let mut out = AtomicFile::create(output)?;
@@ -354,5 +239,5 @@ pub fn build(
             mib(size)
         );
     }
-    Ok(stats)
+    Ok(())
 }

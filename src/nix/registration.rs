@@ -21,8 +21,8 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::hash::{HashError, NixHash};
-use crate::store_path::{StorePath, StorePathError};
+use super::hash::{HashError, NixHash};
+use super::store_path::{StorePath, StorePathError};
 
 /// What Nix knows about one valid store path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use std::io::{self, Read};
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
+use super::tree::FILES;
 use crate::output::AtomicFile;
-use crate::tree::FILES;
 
 fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
     let mut h = tar::Header::new_gnu();

@@ -14,13 +14,13 @@
 
 use std::fmt::Write;
 
-use crate::store_path::StorePath;
+use crate::nix::store_path::StorePath;
 
 /// Why a script cannot be written.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScriptError {
     #[error("--toplevel {0:?} is not a store path (/nix/store/<hash>-<name>): {1}")]
-    Toplevel(String, crate::store_path::StorePathError),
+    Toplevel(String, crate::nix::store_path::StorePathError),
     #[error(
         "kernel parameter {0:?} cannot be carried by netboot.ipxe: iPXE would {1}; \
          drop it from the iPXE script's parameters, or pass it through iPXE's ${{cmdline}}"

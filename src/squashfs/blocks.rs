@@ -23,7 +23,6 @@
 //! Memory stays bounded: the reader stays at most a window of bytes ahead of
 //! what backhand has read.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
@@ -38,87 +37,8 @@ use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
 use backhand::kind::Kind;
 use backhand::{BackhandError, FilesystemCompressor, SuperBlock};
 
+use super::codec::{Codec, SquashfsCompression, give_up};
 use crate::progress::Counters;
-use crate::squashfs::SquashfsCompression;
-
-/// How one block is compressed, independent of backhand's per-call setup.
-#[derive(Debug, Clone, Copy)]
-pub struct Method {
-    pub compression: SquashfsCompression,
-    pub level: u32,
-    pub block_size: u32,
-}
-
-thread_local! {
-    // A zstd context at level 19 is tens of MiB: make one per thread, not per block.
-    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-}
-
-fn zstd_compress(bytes: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    ZSTD.with(|z| {
-        let mut z = z.borrow_mut();
-        if z.as_ref().is_none_or(|(l, _)| *l != level) {
-            *z = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match z.as_mut() {
-            Some((_, c)) => c.compress(bytes),
-            None => zstd::bulk::compress(bytes, level),
-        }
-    })
-}
-
-fn xz_compress(bytes: &[u8], level: u32, dict_size: u32) -> std::io::Result<Vec<u8>> {
-    use liblzma::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
-    let mut opts = LzmaOptions::new_preset(level).map_err(std::io::Error::other)?;
-    opts.dict_size(dict_size);
-    let mut filters = Filters::new();
-    filters.lzma2(&opts);
-    // The kernel's squashfs xz decoder checks CRC32 at most (as mksquashfs writes).
-    let mut stream =
-        Stream::new_stream_encoder(&filters, Check::Crc32).map_err(std::io::Error::other)?;
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16 + 128);
-    loop {
-        let consumed = stream.total_in() as usize;
-        match stream
-            .process_vec(&bytes[consumed..], &mut out, Action::Finish)
-            .map_err(std::io::Error::other)?
-        {
-            Status::StreamEnd => return Ok(out),
-            _ => out.reserve(out.capacity().max(4096)),
-        }
-    }
-}
-
-impl Method {
-    /// A result backhand will store uncompressed: longer than the input.
-    fn give_up(bytes: &[u8]) -> Vec<u8> {
-        vec![0; bytes.len() + 1]
-    }
-
-    pub fn compress(
-        &self,
-        bytes: &[u8],
-        fc: FilesystemCompressor,
-    ) -> Result<Vec<u8>, BackhandError> {
-        Ok(match self.compression {
-            SquashfsCompression::None => Self::give_up(bytes),
-            SquashfsCompression::Gzip | SquashfsCompression::Lz4 => {
-                DefaultCompressor.compress(bytes, fc, self.block_size)?
-            }
-            // No probe for xz: it still gains a little where zstd -1 gains
-            // nothing (measured: 0.2% of the image).
-            SquashfsCompression::Xz => xz_compress(bytes, self.level, self.block_size)?,
-            // Incompressible data (already compressed files) costs as much as
-            // any other at zstd's slow levels: a fast probe that finds nothing ends it.
-            SquashfsCompression::Zstd
-                if bytes.len() >= 4096 && zstd_compress(bytes, 1)?.len() >= bytes.len() =>
-            {
-                Self::give_up(bytes)
-            }
-            SquashfsCompression::Zstd => zstd_compress(bytes, self.level as i32)?,
-        })
-    }
-}
 
 type Key = (u64, u128);
 
@@ -162,7 +82,7 @@ impl Cache {
 }
 
 struct Shared {
-    method: Method,
+    codec: Codec,
     /// Blocks backhand found compressed ahead, and compressed itself.
     hits: AtomicU64,
     misses: AtomicU64,
@@ -193,9 +113,10 @@ impl CompressionAction for MkCompressor {
     fn compress(
         &self,
         bytes: &[u8],
-        fc: FilesystemCompressor,
+        _fc: FilesystemCompressor,
         _block_size: u32,
     ) -> Result<Vec<u8>, BackhandError> {
+        // The codec's own compressor options: the ones the superblock got.
         let k = key(bytes);
         let poisoned = |_| BackhandError::MutexPoisoned;
         let mut cache = self.shared.cache.lock().map_err(poisoned)?;
@@ -214,14 +135,14 @@ impl CompressionAction for MkCompressor {
                     }
                     return Ok(match out {
                         Some(out) => Arc::unwrap_or_clone(out),
-                        None => Method::give_up(bytes),
+                        None => give_up(bytes),
                     });
                 }
             }
         }
         drop(cache);
         self.shared.misses.fetch_add(1, Ordering::Relaxed);
-        self.shared.method.compress(bytes, fc)
+        self.shared.codec.compress(bytes)
     }
 
     fn compression_options(
@@ -250,17 +171,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Start `jobs` workers preparing the blocks of `files` (in image order).
     /// `consumed` counts the bytes backhand has read so far.
-    pub fn start(
-        method: Method,
-        jobs: u32,
-        files: Vec<Source>,
-        consumed: Arc<Counters>,
-        fc: FilesystemCompressor,
-    ) -> Self {
+    pub fn start(codec: Codec, jobs: u32, files: Vec<Source>, consumed: Arc<Counters>) -> Self {
         let shared = Arc::new(Shared {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            method,
+            codec,
             cache: Mutex::new(Cache::default()),
             ready: Condvar::new(),
         });
@@ -272,18 +187,18 @@ impl Pipeline {
         let mut threads = vec![];
         let parallel = jobs > 1
             && matches!(
-                method.compression,
+                codec.compression,
                 SquashfsCompression::Zstd | SquashfsCompression::Xz
             );
         if parallel {
             let (tx, rx) = sync_channel::<Vec<u8>>(2 * jobs as usize);
             let rx = Arc::new(Mutex::new(rx));
-            let window = (64u64 << 20).max(4 * jobs as u64 * method.block_size as u64);
+            let window = (64u64 << 20).max(4 * jobs as u64 * codec.block_size as u64);
             let s = Arc::clone(&stop);
             threads.push(std::thread::spawn(move || {
                 read_ahead(
                     files,
-                    method.block_size as usize,
+                    codec.block_size as usize,
                     window,
                     &consumed,
                     &s,
@@ -292,7 +207,7 @@ impl Pipeline {
             }));
             for _ in 0..jobs {
                 let (rx, shared, stop) = (Arc::clone(&rx), Arc::clone(&shared), Arc::clone(&stop));
-                threads.push(std::thread::spawn(move || work(&rx, &shared, fc, &stop)));
+                threads.push(std::thread::spawn(move || work(&rx, &shared, &stop)));
             }
         }
         Pipeline {
@@ -325,12 +240,7 @@ impl Drop for Pipeline {
     }
 }
 
-fn work(
-    rx: &Mutex<Receiver<Vec<u8>>>,
-    shared: &Shared,
-    fc: FilesystemCompressor,
-    stop: &AtomicBool,
-) {
+fn work(rx: &Mutex<Receiver<Vec<u8>>>, shared: &Shared, stop: &AtomicBool) {
     loop {
         let block = match rx.lock() {
             Ok(rx) => match rx.recv() {
@@ -355,7 +265,7 @@ fn work(
             }
             cache.slots.insert(k, (Slot::Pending, 1));
         }
-        let result = shared.method.compress(&block, fc);
+        let result = shared.codec.compress(&block);
         let Ok(mut cache) = shared.cache.lock() else {
             return;
         };

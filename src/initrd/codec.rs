@@ -13,8 +13,9 @@
 
 use std::io::{self, Write};
 
-use anyhow::{Result, bail};
 use clap::ValueEnum;
+
+use crate::level::Leveled;
 
 /// Compression of an initrd member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,15 +26,8 @@ pub enum InitrdCompression {
     None,
 }
 
-impl InitrdCompression {
-    pub fn default_level(self) -> u32 {
-        match self {
-            InitrdCompression::Zstd => 19,
-            InitrdCompression::Gzip => 9,
-            InitrdCompression::Xz => 6,
-            InitrdCompression::None => 0,
-        }
-    }
+impl Leveled for InitrdCompression {
+    const WHAT: &'static str = "initrd";
 
     fn levels(self) -> std::ops::RangeInclusive<u32> {
         match self {
@@ -44,35 +38,30 @@ impl InitrdCompression {
         }
     }
 
-    /// The level to use: `level` if given and valid, else the default.
-    pub fn level(self, level: Option<u32>) -> Result<u32> {
-        check_level("initrd", self, level, self.default_level(), self.levels())
+    fn default_level(self) -> u32 {
+        match self {
+            InitrdCompression::Zstd => 19,
+            InitrdCompression::Gzip => 9,
+            InitrdCompression::Xz => 6,
+            InitrdCompression::None => 0,
+        }
     }
 }
 
-/// The level to use for `compression` of `what` (initrd, squashfs): `given`
-/// if it is in `range`, else `default`; compressions without levels (range
-/// `0..=0`) take none.
-pub fn check_level(
-    what: &str,
-    compression: impl std::fmt::Debug,
-    given: Option<u32>,
-    default: u32,
-    range: std::ops::RangeInclusive<u32>,
-) -> Result<u32> {
-    let name = format!("{compression:?}").to_lowercase();
-    if range == (0..=0) && given.is_some() {
-        bail!("{name} {what} compression takes no level; leave --level out");
+/// How the appended cpio is compressed: checked once.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    pub compression: InitrdCompression,
+    pub level: u32,
+}
+
+impl Codec {
+    pub fn new(compression: InitrdCompression, level: Option<u32>) -> anyhow::Result<Self> {
+        Ok(Codec {
+            compression,
+            level: compression.level(level)?,
+        })
     }
-    let level = given.unwrap_or(default);
-    if !range.contains(&level) {
-        bail!(
-            "level {level} is out of range for {name} {what} compression (use {} to {})",
-            range.start(),
-            range.end()
-        );
-    }
-    Ok(level)
 }
 
 /// xz block size: fixed so the output does not depend on the thread count.
@@ -87,8 +76,9 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    pub fn new(w: W, compression: InitrdCompression, level: u32, jobs: u32) -> io::Result<Self> {
-        Ok(match compression {
+    pub fn new(w: W, codec: Codec, jobs: u32) -> io::Result<Self> {
+        let level = codec.level;
+        Ok(match codec.compression {
             InitrdCompression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(w, level as i32)?;
                 // Always the multithreaded path: its output is the same for any

@@ -3,7 +3,7 @@
 //!
 //! Accepted inputs (detected from what the path is):
 //! - a nixpkgs `closureInfo` output directory: its `registration` file;
-//! - a registration file ([`crate::registration`]);
+//! - a registration file ([`super::registration`]);
 //! - the structured-attrs JSON Nix gives a builder (`.attrs.json`,
 //!   `$NIX_ATTRS_JSON_FILE`), whose `exportReferencesGraph.<attr>` list holds
 //!   `{path, narHash, narSize, references, …}` objects.
@@ -12,14 +12,16 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
 
-use crate::hash::NixHash;
-use crate::registration::{self, PathInfo, Registration};
-use crate::store_path::StorePath;
+use super::hash::NixHash;
+use super::registration::{self, PathInfo, Registration};
+use super::store_path::StorePath;
 
 /// A closed set of store paths, sorted by path.
 #[derive(Debug, Clone)]
 pub struct Closure {
     pub paths: Vec<PathInfo>,
+    /// The file it was read from, for messages.
+    file: Option<Utf8PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -136,7 +138,9 @@ impl Closure {
         } else {
             registration::parse(text).with_context(|| format!("in registration {file}"))?
         };
-        Self::new(paths).with_context(|| format!("in closure {file}"))
+        let mut closure = Self::new(paths).with_context(|| format!("in closure {file}"))?;
+        closure.file = Some(file);
+        Ok(closure)
     }
 
     /// The structured-attrs object (`{"<attr>": [path info, …], …}`), or a
@@ -212,7 +216,7 @@ impl Closure {
                 }
             }
         }
-        Ok(Closure { paths })
+        Ok(Closure { paths, file: None })
     }
 
     /// Check that every path exists below `root` (`/` for the real store).
@@ -220,10 +224,18 @@ impl Closure {
         for info in &self.paths {
             let on_disk = self.source(root, &info.path);
             std::fs::symlink_metadata(&on_disk).with_context(|| {
-                format!(
-                    "{} is in the closure but {on_disk} cannot be read",
-                    info.path
-                )
+                let listed = match &self.file {
+                    Some(f) => format!(", listed in {f},"),
+                    None => ",".to_owned(),
+                };
+                if root == "/" {
+                    format!("{on_disk}{listed} cannot be read; build it or copy it into this store")
+                } else {
+                    format!(
+                        "{}{listed} cannot be read at {on_disk}; is --root {root} the store's root?",
+                        info.path
+                    )
+                }
             })?;
         }
         Ok(())
@@ -237,11 +249,6 @@ impl Closure {
     /// The closure as `nix-store --load-db` reads it, sorted.
     pub fn registration(&self) -> String {
         Registration(&self.paths).to_string()
-    }
-
-    /// Total NAR size: close to the bytes the store holds.
-    pub fn nar_size(&self) -> u64 {
-        self.paths.iter().map(|p| p.nar_size).sum()
     }
 }
 

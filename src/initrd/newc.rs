@@ -19,7 +19,6 @@ const MAGIC: &[u8] = b"070701";
 const TRAILER: &str = "TRAILER!!!";
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
-pub const S_IFLNK: u32 = 0o120000;
 /// Fixed modification time, as Nix gives store paths.
 pub const MTIME: u32 = 1;
 
@@ -111,13 +110,6 @@ impl<W: Write> NewcWriter<W> {
         Ok(())
     }
 
-    pub fn symlink(&mut self, name: &str, target: &str) -> Result<()> {
-        self.header(name, S_IFLNK | 0o777, 1, target.len() as u64)?;
-        self.write_raw(target.as_bytes())?;
-        self.pad()?;
-        Ok(())
-    }
-
     /// Write the trailer and give back the inner writer.
     pub fn finish(mut self) -> Result<W> {
         self.header(TRAILER, 0, 1, 0)?;
@@ -134,7 +126,6 @@ mod tests {
         let mut w = NewcWriter::new(Vec::new());
         w.dir("a", 0o755).expect("dir");
         w.file("a/f", 0o644, 5, &b"hello"[..]).expect("file");
-        w.symlink("a/l", "f").expect("symlink");
         let out = w.finish().expect("finish");
         assert_eq!(out.len() % 4, 0);
         assert!(out.starts_with(b"070701"));
@@ -154,10 +145,7 @@ mod tests {
             names.push((e.entry().name().to_owned(), e.entry().file_size()));
             r = e.finish().expect("next");
         }
-        assert_eq!(
-            names,
-            [("a".into(), 0), ("a/f".into(), 5), ("a/l".into(), 1)]
-        );
+        assert_eq!(names, [("a".into(), 0), ("a/f".into(), 5)]);
     }
 
     #[test]

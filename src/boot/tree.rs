@@ -11,16 +11,15 @@
 //! The tree is assembled in a temporary directory beside DIR and renamed
 //! into place, so DIR is either the old tree or the new one.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::closure::Closure;
+use super::script::{self, BootSpec};
 use crate::initrd::{self, FileSpec};
-use crate::output::AtomicFile;
-use crate::script::{self, BootSpec};
+use crate::nix::closure::Closure;
+use crate::output::{TempDir, write_file};
 use crate::squashfs;
 
 /// The files of a tree, with their modes.
@@ -40,40 +39,6 @@ pub struct TreeOptions<'a> {
     pub kernel_params: &'a [String],
     pub squashfs: squashfs::Options,
     pub initrd: initrd::Options,
-}
-
-/// Write a file of the tree with `mode`.
-pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
-    let mut f = AtomicFile::create(path)?;
-    f.write_all(contents)
-        .with_context(|| format!("cannot write {path}"))?;
-    f.set_mode(mode)?;
-    f.commit()
-}
-
-/// The bytes the kernel will unpack from the initrds in `paths`.
-/// An initrd mkkexec cannot read (lz4, bzip2, lzma members) counts as four
-/// times its size: the figure only feeds kexec-boot's memory check.
-pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
-    let mut total = 0;
-    for p in paths {
-        total += match initrd::scan(p) {
-            Ok(segments) => segments
-                .iter()
-                .map(initrd::Segment::unpacked_size)
-                .sum::<u64>(),
-            Err(e) => {
-                let size = std::fs::metadata(p)
-                    .with_context(|| format!("cannot read {p}"))?
-                    .len();
-                eprintln!(
-                    "mkkexec: warning: {e:#}; estimating its unpacked size as 4 × {size} bytes"
-                );
-                4 * size
-            }
-        };
-    }
-    Ok(total)
 }
 
 /// Whether `dir` holds nothing but what a tree holds (so replacing it
@@ -97,7 +62,7 @@ fn stranger_in_tree(dir: &Utf8Path) -> Result<Option<Utf8PathBuf>> {
 }
 
 pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()> {
-    let toplevel = crate::store_path::StorePath::from_absolute_path(opts.toplevel)
+    let toplevel = crate::nix::store_path::StorePath::from_absolute_path(opts.toplevel)
         .with_context(|| format!("--toplevel {}", opts.toplevel))?;
     if !closure.paths.iter().any(|p| p.path == toplevel) {
         bail!(
@@ -146,12 +111,12 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
             );
         }
     }
-    let tmp = crate::output::TempDir::beside(out)?;
+    let tmp = TempDir::beside(out)?;
     build_in(closure, tmp.path(), opts, &toplevel.to_string(), ipxe)?;
     // Replace an old tree so that `out` is always one whole tree: move it
     // aside, move the new one in, then delete the old.
     let old = if out.exists() {
-        let old = crate::output::TempDir::beside(out)?;
+        let old = TempDir::beside(out)?;
         std::fs::remove_dir(old.path()).with_context(|| format!("cannot remove {}", old.path()))?;
         std::fs::rename(out, old.path())
             .with_context(|| format!("cannot move the old tree {out} aside"))?;
@@ -204,7 +169,7 @@ fn build_in(
         toplevel,
         kernel_params: opts.kernel_params,
         initrd_bytes,
-        unpacked_bytes: img_size + unpacked_size(opts.prepend_initrd)?,
+        unpacked_bytes: img_size + initrd::unpacked_size(opts.prepend_initrd)?,
     };
     write_file(
         &dir.join("kexec-boot"),

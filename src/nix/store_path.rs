@@ -8,7 +8,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::nixbase32;
+use super::nixbase32;
 
 /// The only store directory a NixOS kexec image can boot from: stage 1
 /// mounts the squashfs at `/nix/.ro-store` and the overlay at `/nix/store`.

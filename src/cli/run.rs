@@ -1,0 +1,115 @@
+//! Carries out a parsed command line: turns flags into each artifact's
+//! options (checked once, before any work) and calls its builder.
+
+use anyhow::{Context, Result};
+
+use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, inspect};
+use crate::boot::{script, tarball, tree};
+use crate::nix::closure::Closure;
+use crate::{initrd, output, squashfs};
+
+fn jobs(cli: &Cli) -> u32 {
+    if cli.jobs > 0 {
+        return cli.jobs;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn load(c: &ClosureArgs) -> Result<Closure> {
+    Closure::load(&c.closure, &c.closure_attr)
+}
+
+fn initrd_opts(a: &InitrdArgs, cli: &Cli) -> Result<initrd::Options> {
+    Ok(initrd::Options {
+        codec: initrd::Codec::new(a.initrd_compression, a.initrd_level)?,
+        jobs: jobs(cli),
+        quiet: cli.quiet,
+    })
+}
+
+fn squashfs_opts(a: &SquashfsArgs, cli: &Cli) -> Result<squashfs::Options> {
+    Ok(squashfs::Options {
+        codec: squashfs::Codec::new(a.squashfs_compression, a.squashfs_level, a.block_size)?,
+        jobs: jobs(cli),
+        quiet: cli.quiet,
+    })
+}
+
+/// Run `cli`; interrupting signals remove what it was writing.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Err(e) = output::on_signals() {
+        eprintln!("mkkexec: warning: {e:#}; an interrupted run may leave a temporary file");
+    }
+    match &cli.command {
+        Command::Squashfs {
+            closure,
+            output,
+            squashfs,
+        } => {
+            let opts = squashfs_opts(squashfs, &cli)?;
+            squashfs::build(&load(closure)?, &closure.root, output, &opts)?;
+        }
+        Command::Initrd {
+            output,
+            prepend_initrd,
+            files,
+            initrd,
+        } => {
+            initrd::build(output, prepend_initrd, files, &initrd_opts(initrd, &cli)?)?;
+        }
+        Command::Tree {
+            closure,
+            toplevel,
+            kernel,
+            prepend_initrd,
+            kernel_params,
+            output,
+            squashfs,
+            initrd,
+        } => {
+            let opts = tree::TreeOptions {
+                root: &closure.root,
+                toplevel,
+                kernel,
+                prepend_initrd,
+                kernel_params,
+                squashfs: squashfs_opts(squashfs, &cli)?,
+                initrd: initrd_opts(initrd, &cli)?,
+            };
+            tree::build(&load(closure)?, output, &opts)?;
+        }
+        Command::Script {
+            toplevel,
+            initrd,
+            kernel_params,
+            ipxe,
+            kernel_name,
+            initrd_name,
+            output,
+        } => {
+            let spec = script::BootSpec {
+                toplevel,
+                kernel_params,
+                initrd_bytes: std::fs::metadata(initrd)
+                    .with_context(|| format!("cannot read {initrd}"))?
+                    .len(),
+                unpacked_bytes: initrd::unpacked_size(std::slice::from_ref(initrd))?,
+            };
+            let (text, mode) = if *ipxe {
+                let text = script::netboot_ipxe(&spec, kernel_name, initrd_name)?;
+                (text, 0o644)
+            } else {
+                (script::kexec_boot(&spec)?, 0o755)
+            };
+            output::write_file(output, text.as_bytes(), mode)?;
+        }
+        Command::Tarball {
+            tree,
+            kexec,
+            level,
+            output,
+        } => tarball::build(tree, output, kexec.as_deref(), *level)?,
+        Command::Inspect { file } => inspect::inspect(file, &mut std::io::stdout().lock())?,
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Reading initrds back: what each member of a concatenated initrd is and
+//! holds (for `inspect` and the memory check of `kexec-boot`), and the check
+//! that a file to prepend is an initrd at all.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use super::codec::sniff;
+use crate::progress::{Counters, Counting};
+
+/// Check that `path` is an initrd the kernel can unpack: a regular file
+/// whose first member (after zero padding) is a newc cpio or a compression
+/// the kernel knows. Its content is checked later, by the kernel.
+pub fn check_prepend(path: &Utf8Path) -> Result<()> {
+    let what = "the initrd to prepend (NixOS' stage 1, a microcode cpio, …)";
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open initrd {path} to prepend"))?;
+    if !meta.is_file() {
+        bail!("{path} is not a regular file; pass {what}");
+    }
+    let mut head = Vec::with_capacity(8);
+    let mut r = BufReader::new(File::open(path).with_context(|| format!("cannot open {path}"))?);
+    loop {
+        let buf = r
+            .fill_buf()
+            .with_context(|| format!("cannot read {path}"))?;
+        if buf.is_empty() && head.is_empty() {
+            bail!("{path} is empty or only zeros; pass {what}");
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let zeros = if head.is_empty() {
+            buf.iter().take_while(|&&b| b == 0).count()
+        } else {
+            0
+        };
+        let take = (buf.len() - zeros).min(8 - head.len());
+        head.extend_from_slice(&buf[zeros..zeros + take]);
+        let n = zeros + take;
+        r.consume(n);
+        if head.len() == 8 {
+            break;
+        }
+    }
+    if sniff(&head).is_none() {
+        bail!(
+            "{path} is not an initrd: it starts with neither a newc cpio header nor a \
+             compression the kernel unpacks (gzip, zstd, xz, lzma, lz4, bzip2); pass {what}"
+        );
+    }
+    Ok(())
+}
+
+/// One member of a concatenated initrd.
+#[derive(Debug, Default)]
+pub struct Segment {
+    pub offset: u64,
+    pub compression: &'static str,
+    /// name, mode, size
+    pub entries: Vec<(String, u32, u64)>,
+}
+
+impl Segment {
+    pub fn unpacked_size(&self) -> u64 {
+        self.entries.iter().map(|e| e.2).sum()
+    }
+}
+
+/// Read the cpio entries from `r` up to the trailer, then drain `r`.
+fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
+    loop {
+        let e = cpio::NewcReader::new(r).context("not a newc cpio archive")?;
+        if e.entry().is_trailer() {
+            r = e.finish()?;
+            break;
+        }
+        seg.entries.push((
+            e.entry().name().to_owned(),
+            e.entry().mode(),
+            e.entry().file_size() as u64,
+        ));
+        r = e.finish()?;
+    }
+    if drain {
+        io::copy(&mut r, &mut io::sink())?;
+    }
+    Ok(())
+}
+
+/// Split an initrd into its members and list each one's entries.
+pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
+    let f = File::open(path).with_context(|| format!("cannot open {path}"))?;
+    let read = Arc::new(Counters::default());
+    let counting = Counting {
+        inner: f,
+        counters: Arc::clone(&read),
+    };
+    let mut r = BufReader::with_capacity(1 << 16, counting);
+    let mut segments = vec![];
+    loop {
+        // Skip the zero padding between members.
+        loop {
+            let buf = r.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(segments);
+            }
+            let zeros = buf.iter().take_while(|&&b| b == 0).count();
+            let done = zeros < buf.len();
+            r.consume(zeros);
+            if done {
+                break;
+            }
+        }
+        let offset = read.bytes.load(Ordering::Relaxed) - r.buffer().len() as u64;
+        let head = r.fill_buf()?;
+        let compression = sniff(head)
+            .with_context(|| format!("{path}: unknown data at byte {offset}: not a cpio or a compression the kernel knows"))?;
+        let mut seg = Segment {
+            offset,
+            compression,
+            entries: vec![],
+        };
+        let ctx = || format!("{path}: member at byte {offset} ({compression})");
+        match compression {
+            "gzip" => read_cpio(flate2::bufread::GzDecoder::new(&mut r), &mut seg, true)
+                .with_context(ctx)?,
+            "zstd" => {
+                let d = zstd::stream::read::Decoder::with_buffer(&mut r)?.single_frame();
+                read_cpio(d, &mut seg, true).with_context(ctx)?
+            }
+            "xz" => read_cpio(liblzma::bufread::XzDecoder::new(&mut r), &mut seg, true)
+                .with_context(ctx)?,
+            "none (cpio)" => read_cpio(&mut r, &mut seg, false).with_context(ctx)?,
+            other => bail!(
+                "{path}: member at byte {offset} is {other}, which mkkexec cannot read (the kernel may)"
+            ),
+        }
+        segments.push(seg);
+    }
+}
+
+/// The bytes the kernel will unpack from the initrds in `paths`.
+/// An initrd mkkexec cannot read (lz4, bzip2, lzma members) counts as four
+/// times its size: the figure only feeds kexec-boot's memory check.
+pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
+    let mut total = 0;
+    for p in paths {
+        total += match scan(p) {
+            Ok(segments) => segments.iter().map(Segment::unpacked_size).sum::<u64>(),
+            Err(e) => {
+                let size = std::fs::metadata(p)
+                    .with_context(|| format!("cannot read {p}"))?
+                    .len();
+                eprintln!(
+                    "mkkexec: warning: {e:#}; estimating its unpacked size as 4 × {size} bytes"
+                );
+                4 * size
+            }
+        };
+    }
+    Ok(total)
+}
