@@ -14,6 +14,9 @@
 
 use std::fmt::Write;
 
+use anyhow::Context;
+use camino::Utf8Path;
+
 use crate::nix::store_path::StorePath;
 
 /// Why a script cannot be written.
@@ -39,7 +42,30 @@ pub struct BootSpec<'a> {
     pub unpacked_bytes: u64,
 }
 
-impl BootSpec<'_> {
+impl<'a> BootSpec<'a> {
+    /// The boot of `toplevel` with `kernel_params`, before any initrd is
+    /// measured (enough to check the parameters).
+    pub fn new(toplevel: &'a str, kernel_params: &'a [String]) -> Self {
+        BootSpec {
+            toplevel,
+            kernel_params,
+            initrd_bytes: 0,
+            unpacked_bytes: 0,
+        }
+    }
+
+    /// The same boot with `initrd`: its size, and what the kernel unpacks
+    /// from it (for the memory check).
+    pub fn with_initrd(self, initrd: &Utf8Path) -> anyhow::Result<Self> {
+        Ok(BootSpec {
+            initrd_bytes: std::fs::metadata(initrd)
+                .with_context(|| format!("cannot read {initrd}"))?
+                .len(),
+            unpacked_bytes: crate::initrd::unpacked_size(&[initrd.to_owned()])?,
+            ..self
+        })
+    }
+
     /// The toplevel's `init`, once the toplevel is known to be a store path.
     fn init(&self) -> Result<String, ScriptError> {
         let path = StorePath::from_absolute_path(self.toplevel.trim_end_matches('/'))

@@ -86,12 +86,7 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     }
     // The scripts' inputs are checked before the long work: the sizes are
     // all that changes later.
-    let spec = BootSpec {
-        toplevel: opts.toplevel,
-        kernel_params: opts.kernel_params,
-        initrd_bytes: 0,
-        unpacked_bytes: 0,
-    };
+    let spec = BootSpec::new(opts.toplevel, opts.kernel_params);
     script::kexec_boot(&spec)?;
     let ipxe = match script::netboot_ipxe(&spec, "bzImage", "initrd.gz") {
         Ok(_) => true,
@@ -144,9 +139,6 @@ fn build_in(
 ) -> Result<()> {
     let img = dir.join("nix-store.squashfs");
     squashfs::build(closure, opts.root, &img, &opts.squashfs)?;
-    let img_size = std::fs::metadata(&img)
-        .with_context(|| format!("cannot stat {img}"))?
-        .len();
 
     let initrd_path = dir.join("initrd.gz");
     initrd::build(
@@ -159,18 +151,12 @@ fn build_in(
         &opts.initrd,
     )?;
     std::fs::remove_file(&img).with_context(|| format!("cannot remove {img}"))?;
-    let initrd_bytes = std::fs::metadata(&initrd_path)?.len();
 
     let kernel = std::fs::read(opts.kernel)
         .with_context(|| format!("cannot read kernel {}", opts.kernel))?;
     write_file(&dir.join("bzImage"), &kernel, 0o644)?;
 
-    let spec = BootSpec {
-        toplevel,
-        kernel_params: opts.kernel_params,
-        initrd_bytes,
-        unpacked_bytes: img_size + initrd::unpacked_size(opts.prepend_initrd)?,
-    };
+    let spec = BootSpec::new(toplevel, opts.kernel_params).with_initrd(&initrd_path)?;
     write_file(
         &dir.join("kexec-boot"),
         script::kexec_boot(&spec)?.as_bytes(),

@@ -1,7 +1,7 @@
 //! Carries out a parsed command line: turns flags into each artifact's
 //! options (checked once, before any work) and calls its builder.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, inspect};
 use crate::boot::{script, tarball, tree};
@@ -87,14 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
             initrd_name,
             output,
         } => {
-            let spec = script::BootSpec {
-                toplevel,
-                kernel_params,
-                initrd_bytes: std::fs::metadata(initrd)
-                    .with_context(|| format!("cannot read {initrd}"))?
-                    .len(),
-                unpacked_bytes: initrd::unpacked_size(std::slice::from_ref(initrd))?,
-            };
+            let spec = script::BootSpec::new(toplevel, kernel_params).with_initrd(initrd)?;
             let (text, mode) = if *ipxe {
                 let text = script::netboot_ipxe(&spec, kernel_name, initrd_name)?;
                 (text, 0o644)

@@ -263,3 +263,32 @@ pub fn describe(dir: &Path) -> Vec<String> {
     walk(dir, Path::new(""), &mut out);
     out
 }
+
+/// A stage-1 stand-in: `stage1/` (an `init` and a small file) as a gzip'd
+/// newc cpio made by GNU cpio, `stage1.gz` in `dir`. Its length is not a
+/// multiple of 4, so what follows it needs padding.
+pub fn stage1_gz(dir: &Utf8Path) -> Utf8PathBuf {
+    require("cpio", "cpio");
+    let s = dir.join("stage1");
+    std::fs::create_dir_all(s.join("etc")).expect("mkdir");
+    std::fs::write(s.join("init"), "#!/bin/sh\n").expect("write");
+    std::fs::write(s.join("etc/x"), "xyz").expect("write");
+    let out = dir.join("stage1.gz");
+    sh(&format!(
+        "cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9n > {out}"
+    ));
+    let len = out.metadata().expect("stat").len();
+    assert_ne!(len % 4, 0, "the stand-in stage 1 needs no padding after it");
+    out
+}
+
+/// Write at `path` a `kexec` that records its arguments, one a line, in
+/// `kexec.log` beside itself.
+pub fn recording_kexec(path: &Utf8Path) {
+    std::fs::write(
+        path,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}

@@ -2,24 +2,10 @@
 
 use crate::common::*;
 
-/// A stage-1 stand-in: a gzip'd newc cpio made by GNU cpio, odd length.
-fn stage1(dir: &camino::Utf8Path) -> camino::Utf8PathBuf {
-    require("cpio", "cpio");
-    let s = dir.join("s1");
-    std::fs::create_dir_all(s.join("etc")).expect("mkdir");
-    std::fs::write(s.join("init"), "#!/bin/sh\n").expect("write");
-    std::fs::write(s.join("etc/x"), "xyz").expect("write");
-    let out = dir.join("stage1.cpio.gz");
-    sh(&format!(
-        "cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9 > {out}"
-    ));
-    out
-}
-
 #[test]
 fn initrd_every_compression_unpacks_after_the_prepended_one() {
     let (_t, dir) = tempdir();
-    let s1 = stage1(&dir);
+    let s1 = stage1_gz(&dir);
     let prefix = std::fs::read(&s1).expect("read");
     let big = dir.join("big");
     std::fs::write(&big, noise(3_000_000, 7)).expect("write");

@@ -57,15 +57,12 @@ fn fake_tree(dir: &Utf8Path, script: &str) {
     std::fs::write(dir.join("kexec-boot"), script).expect("write");
     std::fs::write(dir.join("bzImage"), "kernel").expect("write");
     std::fs::write(dir.join("initrd.gz"), "initrd").expect("write");
-    std::fs::write(
-        dir.join("kexec"),
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n",
+    recording_kexec(&dir.join("kexec"));
+    std::fs::set_permissions(
+        dir.join("kexec-boot"),
+        std::fs::Permissions::from_mode(0o755),
     )
-    .expect("write");
-    for f in ["kexec-boot", "kexec"] {
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-    }
+    .expect("chmod");
 }
 
 fn dash(dir: &Utf8Path) -> Command {

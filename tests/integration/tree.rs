@@ -4,21 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 
 use crate::common::*;
-
-pub fn stage1_gz(dir: &Utf8Path) -> Utf8PathBuf {
-    require("cpio", "cpio");
-    let s = dir.join("stage1");
-    std::fs::create_dir_all(&s).expect("mkdir");
-    std::fs::write(s.join("init"), "#!/bin/sh\n").expect("write");
-    let out = dir.join("stage1.gz");
-    sh(&format!(
-        "cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9n > {out}"
-    ));
-    out
-}
 
 fn build_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path) {
     let kernel = dir.join("vmlinuz");
@@ -218,11 +206,7 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
     let tree = dir.join("tree");
     build_tree(&f, &dir, &tree);
     let kexec = dir.join("kexec-static");
-    std::fs::write(
-        &kexec,
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n",
-    )
-    .expect("write");
+    recording_kexec(&kexec);
     let tarball = |name: &str| {
         let t = dir.join(name);
         ok(mkkexec()
