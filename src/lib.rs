@@ -6,13 +6,15 @@
 //! ```text
 //! cli ─┬─> boot (tree, scripts, tarball) ─┬─> squashfs (codec, blocks)
 //!      │                                  └─> initrd (newc, codec, scan)
-//!      └─> nix (nixbase32, hash, store path, registration, closure)
+//!      ├─> nix (nixbase32, hash, store path, registration, closure)
+//!      └─> carry (the old host's network as networkd units)
 //! ```
 //!
 //! `output` (atomic files), `progress` and `level` serve them all. `nix` and
 //! `boot` are public for the integration tests; the rest is private.
 
 pub mod boot;
+mod carry;
 mod cli;
 mod initrd;
 mod level;

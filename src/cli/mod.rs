@@ -177,6 +177,22 @@ pub enum Command {
         #[arg(long, short)]
         output: Utf8PathBuf,
     },
+    /// Turn the network state kexec-boot carried into systemd-networkd units.
+    #[command(
+        long_about = "Turn the network state kexec-boot carried from the old host (ip -json addr, \
+ip -json -4/-6 route, resolv.conf) into systemd-networkd .network units matched by MAC address: \
+static addresses and routes as they were, DHCP and router advertisements asked for again where \
+the old host used them, its nameservers. The NixOS module runs this before network-pre.target.",
+        after_help = "Example:\n  mkkexec network --state /var/lib/nixos-kexec/network --output /run/systemd/network"
+    )]
+    Network {
+        /// The carried network directory (addrs.json, routes-v4.json, routes-v6.json, resolv.conf).
+        #[arg(long)]
+        state: Utf8PathBuf,
+        /// Where to write the .network files (created if missing).
+        #[arg(long, short)]
+        output: Utf8PathBuf,
+    },
     /// Say what an initrd or squashfs image holds.
     #[command(after_help = "Example:\n  mkkexec inspect result/initrd.gz")]
     Inspect {

@@ -102,6 +102,7 @@ pub fn run(cli: Cli) -> Result<()> {
             level,
             output,
         } => tarball::build(tree, output, kexec.as_deref(), *level)?,
+        Command::Network { state, output } => crate::carry::write_network_units(state, output)?,
         Command::Inspect { file } => inspect::inspect(file, &mut std::io::stdout().lock())?,
     }
     Ok(())
