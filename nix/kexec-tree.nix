@@ -56,6 +56,10 @@ let
     ++ optionalArgs "--${kind}-level" (args."${kind}Level" or null);
 
   kernelParamArgs = map (p: "--kernel-param=${p}");
+
+  # Static tools for the old host: --kexec and --ip, or nothing.
+  toolArgs =
+    args: optionalArgs "--kexec" (args.kexec or null) ++ optionalArgs "--ip" (args.ip or null);
 in
 {
   # The Nix store as a squashfs image, as nixpkgs' make-squashfs.nix lays it out.
@@ -123,7 +127,8 @@ in
     };
 
   # A kexec tree in one step: bzImage, initrd.gz, kexec-boot, netboot.ipxe,
-  # bin/nixos-kexec.
+  # bin/nixos-kexec, and static kexec and ip when given (kexec = "…/bin/kexec",
+  # ip = "…/bin/ip").
   tree =
     {
       toplevel,
@@ -151,6 +156,7 @@ in
         ]
         ++ compressionArgs "squashfs" args
         ++ compressionArgs "initrd" args
+        ++ toolArgs args
         ++ kernelParamArgs kernelParams;
     };
 
@@ -158,20 +164,22 @@ in
   tarball =
     {
       tree,
-      # A static kexec to bundle, or null to rely on the host's.
+      # Static kexec and ip to bundle instead of the tree's, or null to
+      # take the tree's (if it has them) or rely on the host's.
       kexec ? null,
+      ip ? null,
       # Where the tarball goes below the output; the module passes
       # config.image.filePath (nixos-system-<host system>.tar.gz).
       filePath ? "tarball/nixos-system-${system}.tar.gz",
       name ? "nixos-kexec-tarball",
-    }:
+    }@args:
     runMkkexec {
       inherit name;
       mkkexecArgs = [
         "tarball"
         "--tree"
         "${tree}"
-      ] ++ optionalArgs "--kexec" kexec;
+      ] ++ toolArgs args;
       outputSuffix = "/${filePath}";
     };
 }

@@ -9,12 +9,19 @@
 #   system.build.squashfsStore      the store as a squashfs image
 #   system.build.netbootRamdisk     <out>/initrd: stage 1 + /nix-store.squashfs
 #   system.build.kexecScript        kexec-boot
-#   system.build.kexecTree          bzImage, initrd.gz, kexec-boot, netboot.ipxe, bin/nixos-kexec
+#   system.build.kexecTree          bzImage, initrd.gz, kexec-boot, netboot.ipxe, bin/nixos-kexec,
+#                                   static kexec and ip
 #   system.build.netbootIpxeScript  <out>/netboot.ipxe (for <kernel target> and initrd beside it)
 #   system.build.kexecTarball       <out>/tarball/nixos-system-<system>.tar.gz (also system.build.image)
 #
 # It may be imported beside netboot-minimal.nix or netboot-base.nix, as
 # nixpkgs' manual describes: the module system imports netboot.nix once.
+#
+# It also carries the machine over the kexec (nixosKexec.carry.enable):
+# kexec-boot appends the old host's network state, SSH host keys, root's
+# authorized keys and machine-id to the initrd (/nixos-kexec-carry); stage 1
+# puts them in place (./carry-in.sh) and a unit turns the network state into
+# systemd-networkd units (`mkkexec network`) before network-pre.target.
 {
   config,
   lib,
@@ -149,6 +156,17 @@ let
   bootSettings = {
     inherit toplevel kernelParams;
   };
+  toolSettings = {
+    kexec = if cfg.kexecPackage == null then null else "${cfg.kexecPackage}/bin/kexec";
+    ip = if cfg.ipPackage == null then null else "${cfg.ipPackage}/bin/ip";
+  };
+
+  # mkkexec for the new system itself (the host platform), which runs
+  # `mkkexec network` at boot.
+  mkkexecOnHost = pkgs.callPackage ./package.nix { };
+  carried = "/var/lib/nixos-kexec/carried";
+  carryIn = builtins.readFile ./carry-in.sh;
+  systemdStage1 = config.boot.initrd.systemd.enable;
 in
 {
   imports = [ (modulesPath + "/installer/netboot/netboot.nix") ];
@@ -237,8 +255,33 @@ in
       default = pkgs.pkgsStatic.kexec-tools;
       defaultText = literalExpression "pkgs.pkgsStatic.kexec-tools";
       description = ''
-        A static kexec-tools bundled into the tarball, so that the host needs
-        only a shell; null bundles none and uses the host's kexec.
+        A static kexec-tools bundled into the tree and the tarball, so that
+        the host needs only a shell; null bundles none and uses the host's
+        kexec.
+      '';
+    };
+
+    ipPackage = mkOption {
+      type = types.nullOr types.package;
+      # Static iproute2 does not link with iptables.
+      default = pkgs.pkgsStatic.iproute2.override { iptables = null; };
+      defaultText = literalExpression "pkgs.pkgsStatic.iproute2.override { iptables = null; }";
+      description = ''
+        A static iproute2 bundled into the tree and the tarball: kexec-boot
+        reads the host's addresses and routes with its `ip`. null bundles
+        none and uses the host's `ip`.
+      '';
+    };
+
+    carry.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether the kexec'd system takes over the old host's addresses and
+        routes (as systemd-networkd units matched by MAC address), its
+        nameservers, SSH host keys, the keys that logged in as root, and its
+        machine-id, so that it comes back where it was over SSH. Enables
+        systemd-networkd and sshd (with mkDefault).
       '';
     };
   };
@@ -300,16 +343,67 @@ in
           }
           // squashfsSettings
           // initrdSettings
+          // toolSettings
         )
       );
 
+      # The tools come with the tree.
       kexecTarball = mkForce (
         kexecLib.tarball {
           tree = config.system.build.kexecTree;
-          kexec = if cfg.kexecPackage == null then null else "${cfg.kexecPackage}/bin/kexec";
           inherit (config.image) filePath;
         }
       );
     };
+
+    # What kexec-boot carried, put in place before the switch to the
+    # system: by a unit with /sysroot mounted (systemd stage 1) or after
+    # the mounts (scripted stage 1).
+    boot.initrd.systemd.services.nixos-kexec-carry = lib.mkIf (cfg.carry.enable && systemdStage1) {
+      description = "Put in place what kexec-boot carried from the old host";
+      wantedBy = [ "initrd.target" ];
+      after = [ "initrd-fs.target" ];
+      before = [
+        "initrd.target"
+        "initrd-nixos-activation.service"
+        "initrd-switch-root.target"
+      ];
+      unitConfig = {
+        DefaultDependencies = false;
+        ConditionPathIsDirectory = "/nixos-kexec-carry";
+      };
+      serviceConfig.Type = "oneshot";
+      script = carryIn + "\ncarry_in /sysroot\n";
+    };
+    boot.initrd.postMountCommands = lib.mkIf (cfg.carry.enable && !systemdStage1) (
+      carryIn + "\ncarry_in \"$targetRoot\"\n"
+    );
+
+    # The old host's network as networkd units, before networkd starts.
+    systemd.services.nixos-kexec-network = lib.mkIf cfg.carry.enable {
+      description = "Network of the host before the kexec, as systemd-networkd units";
+      wantedBy = [ "network-pre.target" ];
+      wants = [ "network-pre.target" ];
+      before = [
+        "network-pre.target"
+        "systemd-networkd.service"
+      ];
+      unitConfig.ConditionPathExists = "${carried}/network/addrs.json";
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = lib.escapeShellArgs [
+          (lib.getExe mkkexecOnHost)
+          "network"
+          "--state"
+          "${carried}/network"
+          "--output"
+          "/run/systemd/network"
+        ];
+      };
+    };
+    networking.useNetworkd = lib.mkIf cfg.carry.enable (mkDefault true);
+    systemd.network.enable = lib.mkIf cfg.carry.enable (mkDefault true);
+    services.openssh.enable = lib.mkIf cfg.carry.enable (mkDefault true);
   };
 }

@@ -1,6 +1,7 @@
 # NixOS VM test (needs nixpkgs; run by `nix flake check`): a running NixOS
-# machine unpacks the tarball at / and runs /nixos-kexec/bin/nixos-kexec; the
-# test passes when the kexec'd system prints its marker on the console.
+# machine unpacks the tarball at / and runs /nixos-kexec/bin/nixos-kexec
+# (first with --dry-run); the test passes when the kexec'd system prints its
+# marker and the machine-id it carried over on the console.
 {
   pkgs,
   # This flake's NixOS module.
@@ -23,7 +24,7 @@ let
       # The store was registered from nix-path-registration at boot.
       script = ''
         ${pkgs.nix}/bin/nix-store --verify-path /run/current-system
-        echo ${marker} > /dev/${console}
+        echo "${marker} $(cat /etc/machine-id)" > /dev/${console}
       '';
     };
   };
@@ -40,12 +41,13 @@ pkgs.testers.runNixOSTest {
     machine.wait_for_unit("multi-user.target")
     machine.succeed("tar -xzf ${tarball} -C /")
     machine.succeed("/nixos-kexec/kexec --version")
-    # kexec-boot does not return: start it detached from the test's shell.
-    machine.succeed(
-        "systemd-run --no-block --unit=kexec-now --setenv=PATH=/run/current-system/sw/bin "
-        "/nixos-kexec/bin/nixos-kexec"
-    )
-    machine.wait_for_console_text("${marker}")
+    machine_id = machine.succeed("cat /etc/machine-id").strip()
+    # Checks, loads and unloads: the machine stays.
+    machine.succeed("/nixos-kexec/bin/nixos-kexec --dry-run")
+    machine.succeed("true")
+    # Returns first, then the new kernel starts.
+    machine.succeed("/nixos-kexec/bin/nixos-kexec")
+    machine.wait_for_console_text(f"${marker} {machine_id}")
     machine.crash()
   '';
 }

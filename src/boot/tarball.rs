@@ -3,7 +3,8 @@
 //! ```text
 //! nixos-kexec/bin/nixos-kexec   runs ../kexec-boot
 //! nixos-kexec/bzImage, initrd.gz, kexec-boot, netboot.ipxe
-//! nixos-kexec/kexec             a static kexec, when given (kexec-boot uses it first)
+//! nixos-kexec/kexec, ip         static tools, when given or in the tree
+//!                               (kexec-boot uses them first)
 //! ```
 //!
 //! Deterministic: fixed order, mtime 1, owner 0:0, gzip header without a
@@ -15,7 +16,7 @@ use std::io::{self, Read};
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
-use super::tree::FILES;
+use super::tree::{FILES, TOOLS};
 use crate::output::AtomicFile;
 
 fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
@@ -35,7 +36,7 @@ fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar:
 pub fn build(
     tree: &Utf8Path,
     output: &Utf8Path,
-    kexec: Option<&Utf8Path>,
+    tools: &[(&str, &Utf8Path)],
     level: u32,
 ) -> Result<()> {
     for (f, _) in FILES {
@@ -74,8 +75,13 @@ pub fn build(
     for (f, mode) in FILES {
         add(&tree.join(f), f, mode)?;
     }
-    if let Some(k) = kexec {
-        add(k, "kexec", 0o755)?;
+    // The tools given, else the tree's own.
+    for name in TOOLS {
+        let given = tools.iter().find(|(n, _)| *n == name);
+        let src = given.map_or_else(|| tree.join(name), |(_, p)| p.to_path_buf());
+        if given.is_some() || src.is_file() {
+            add(&src, name, 0o755)?;
+        }
     }
     let gz = tar
         .into_inner()

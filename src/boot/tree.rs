@@ -6,6 +6,7 @@
 //! DIR/kexec-boot    the script that loads both and jumps
 //! DIR/netboot.ipxe  the same boot for iPXE
 //! DIR/bin/nixos-kexec  runs ../kexec-boot (so a Nix package's result/bin works)
+//! DIR/kexec, DIR/ip  static tools for the old host, when given
 //! ```
 //!
 //! The tree is assembled in a temporary directory beside DIR and renamed
@@ -31,6 +32,10 @@ pub const FILES: [(&str, u32); 5] = [
     ("netboot.ipxe", 0o644),
 ];
 
+/// Static tools a tree may carry for the old host; kexec-boot uses them
+/// before the host's own.
+pub const TOOLS: [&str; 2] = ["kexec", "ip"];
+
 pub struct TreeOptions<'a> {
     pub root: &'a Utf8Path,
     pub toplevel: &'a str,
@@ -39,6 +44,8 @@ pub struct TreeOptions<'a> {
     pub kernel_params: &'a [String],
     pub squashfs: squashfs::Options,
     pub initrd: initrd::Options,
+    /// (name in [`TOOLS`], file) to bundle.
+    pub tools: Vec<(&'static str, &'a Utf8Path)>,
 }
 
 /// Whether `dir` holds nothing but what a tree holds (so replacing it
@@ -51,7 +58,9 @@ fn stranger_in_tree(dir: &Utf8Path) -> Result<Option<Utf8PathBuf>> {
             let e = e.with_context(|| format!("cannot read {d}"))?;
             let name = e.file_name();
             let path = Utf8Path::new(rel).join(name.to_string_lossy().as_ref());
-            let known = path == "bin" || FILES.iter().any(|(f, _)| path == *f);
+            let known = path == "bin"
+                || FILES.iter().any(|(f, _)| path == *f)
+                || TOOLS.iter().any(|t| path == *t);
             let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
             if !known || (is_dir != (path == "bin")) {
                 return Ok(Some(d.join(name.to_string_lossy().as_ref())));
@@ -68,6 +77,11 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
         bail!(
             "--toplevel {toplevel} is not in the closure; pass the closure of the system's toplevel"
         );
+    }
+    for (name, src) in &opts.tools {
+        if !src.is_file() {
+            bail!("--{name} {src} is not a file (a static {name} to bundle)");
+        }
     }
     if !opts.kernel.is_file() {
         bail!(
@@ -168,6 +182,10 @@ fn build_in(
             script::netboot_ipxe(&spec, "bzImage", "initrd.gz")?.as_bytes(),
             0o644,
         )?;
+    }
+    for (name, src) in &opts.tools {
+        let bytes = std::fs::read(src).with_context(|| format!("cannot read --{name} {src}"))?;
+        write_file(&dir.join(name), &bytes, 0o755)?;
     }
     std::fs::create_dir(dir.join("bin")).with_context(|| format!("cannot create {dir}/bin"))?;
     write_file(

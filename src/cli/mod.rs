@@ -72,6 +72,17 @@ pub struct InitrdArgs {
     pub initrd_level: Option<u32>,
 }
 
+/// Static tools to bundle, so the old host needs only a shell.
+#[derive(Args, Debug)]
+pub struct ToolArgs {
+    /// A static kexec (pkgsStatic.kexec-tools); kexec-boot uses it before the host's.
+    #[arg(long)]
+    pub kexec: Option<Utf8PathBuf>,
+    /// A static ip (pkgsStatic.iproute2), with which kexec-boot reads the network to carry.
+    #[arg(long)]
+    pub ip: Option<Utf8PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Pack a closure into a squashfs image as nixpkgs' make-squashfs.nix lays it out.
@@ -104,7 +115,7 @@ pub enum Command {
         #[command(flatten)]
         initrd: InitrdArgs,
     },
-    /// Build the whole kexec tree: bzImage, initrd.gz, kexec-boot, netboot.ipxe.
+    /// Build the whole kexec tree: bzImage, initrd.gz, kexec-boot, netboot.ipxe (and kexec, ip).
     #[command(
         after_help = "Example:\n  mkkexec tree --closure .attrs.json --toplevel /nix/store/…-nixos-system-x \\\n    \
 --kernel …/bzImage --prepend-initrd …/initrd --kernel-param console=ttyS0 --output tree"
@@ -131,6 +142,8 @@ pub enum Command {
         squashfs: SquashfsArgs,
         #[command(flatten)]
         initrd: InitrdArgs,
+        #[command(flatten)]
+        tools: ToolArgs,
     },
     /// Render kexec-boot (or netboot.ipxe) for an existing initrd.
     #[command(
@@ -167,9 +180,9 @@ pub enum Command {
         /// The kexec tree (from `mkkexec tree`).
         #[arg(long)]
         tree: Utf8PathBuf,
-        /// A static kexec binary to bundle, so the host needs only a shell.
-        #[arg(long)]
-        kexec: Option<Utf8PathBuf>,
+        /// Tools to bundle instead of the tree's own, if it has them.
+        #[command(flatten)]
+        tools: ToolArgs,
         /// gzip level, 1-9.
         #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
         level: u32,

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 
-use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, inspect};
+use camino::Utf8Path;
+
+use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, ToolArgs, inspect};
 use crate::boot::{script, tarball, tree};
 use crate::nix::closure::Closure;
 use crate::{initrd, output, squashfs};
@@ -33,6 +35,14 @@ fn squashfs_opts(a: &SquashfsArgs, cli: &Cli) -> Result<squashfs::Options> {
         jobs: jobs(cli),
         quiet: cli.quiet,
     })
+}
+
+/// The tools to bundle, by their name in a tree.
+fn bundled(t: &ToolArgs) -> Vec<(&'static str, &Utf8Path)> {
+    [("kexec", &t.kexec), ("ip", &t.ip)]
+        .into_iter()
+        .filter_map(|(name, p)| p.as_deref().map(|p| (name, p)))
+        .collect()
 }
 
 /// Run `cli`; interrupting signals remove what it was writing.
@@ -66,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             squashfs,
             initrd,
+            tools,
         } => {
             let opts = tree::TreeOptions {
                 root: &closure.root,
@@ -75,6 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 kernel_params,
                 squashfs: squashfs_opts(squashfs, &cli)?,
                 initrd: initrd_opts(initrd, &cli)?,
+                tools: bundled(tools),
             };
             tree::build(&load(closure)?, output, &opts)?;
         }
@@ -98,10 +110,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Tarball {
             tree,
-            kexec,
+            tools,
             level,
             output,
-        } => tarball::build(tree, output, kexec.as_deref(), *level)?,
+        } => tarball::build(tree, output, &bundled(tools), *level)?,
         Command::Network { state, output } => crate::carry::write_network_units(state, output)?,
         Command::Inspect { file } => inspect::inspect(file, &mut std::io::stdout().lock())?,
     }

@@ -265,17 +265,19 @@ pub fn describe(dir: &Path) -> Vec<String> {
 }
 
 /// A stage-1 stand-in: `stage1/` (an `init` and a small file) as a gzip'd
-/// newc cpio made by GNU cpio, `stage1.gz` in `dir`. Its length is not a
-/// multiple of 4, so what follows it needs padding.
+/// newc cpio made by GNU cpio, `stage1.gz` in `dir`, the same bytes every
+/// time. Its length is not a multiple of 4, so what follows it needs
+/// padding.
 pub fn stage1_gz(dir: &Utf8Path) -> Utf8PathBuf {
     require("cpio", "cpio");
     let s = dir.join("stage1");
     std::fs::create_dir_all(s.join("etc")).expect("mkdir");
     std::fs::write(s.join("init"), "#!/bin/sh\n").expect("write");
-    std::fs::write(s.join("etc/x"), "xyz").expect("write");
+    std::fs::write(s.join("etc/x"), "stage one").expect("write");
     let out = dir.join("stage1.gz");
     sh(&format!(
-        "cd {s} && find . | sort | cpio -o -H newc --quiet | gzip -9n > {out}"
+        "cd {s} && chmod 755 . etc init && chmod 644 etc/x && touch -h -d @1 . init etc etc/x && \
+         find . | sort | cpio -o -H newc --quiet --reproducible --owner=0:0 | gzip -9n > {out}"
     ));
     let len = out.metadata().expect("stat").len();
     assert_ne!(len % 4, 0, "the stand-in stage 1 needs no padding after it");
@@ -283,11 +285,26 @@ pub fn stage1_gz(dir: &Utf8Path) -> Utf8PathBuf {
 }
 
 /// Write at `path` a `kexec` that records its arguments, one a line, in
-/// `kexec.log` beside itself.
+/// `kexec.log` beside itself, and keeps a copy of the initrd it was given
+/// as `loaded-initrd`. With `FAKE_KEXEC_FILE_FAILS=1` it refuses
+/// `--kexec-file-syscall`, as a kernel without kexec_file_load does.
 pub fn recording_kexec(path: &Utf8Path) {
     std::fs::write(
         path,
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/kexec.log\"\n",
+        r#"#!/bin/sh
+here=$(dirname "$0")
+printf '%s\n' "$@" >>"$here/kexec.log"
+for a; do
+  case $a in
+    --kexec-file-syscall)
+      if [ "${FAKE_KEXEC_FILE_FAILS:-}" = 1 ]; then
+        echo "kexec_file_load failed: Function not implemented" >&2
+        exit 1
+      fi ;;
+    --initrd=*) cp "${a#--initrd=}" "$here/loaded-initrd" ;;
+  esac
+done
+"#,
     )
     .expect("write");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 use mkkexec::boot::script::{BootSpec, kexec_boot, netboot_ipxe};
 
 use crate::common::*;
@@ -52,73 +52,393 @@ fn kexec_boot_is_shellcheck_clean() {
         .arg(&s));
 }
 
-/// A tree with the script, stand-in kernel and initrd, and a recording kexec.
-fn fake_tree(dir: &Utf8Path, script: &str) {
-    std::fs::write(dir.join("kexec-boot"), script).expect("write");
-    std::fs::write(dir.join("bzImage"), "kernel").expect("write");
-    std::fs::write(dir.join("initrd.gz"), "initrd").expect("write");
-    recording_kexec(&dir.join("kexec"));
-    std::fs::set_permissions(
-        dir.join("kexec-boot"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .expect("chmod");
+/// A foreign host in a directory: the tree (`tree/`, with the script, a
+/// stand-in kernel, a real stage-1 initrd, a recording kexec and an `ip`
+/// that prints a capture of tests/fixture/network), the files kexec-boot
+/// carries (`host/`, passed as NIXOS_KEXEC_CARRY_FROM) and a TMPDIR.
+struct FakeHost {
+    _t: tempfile::TempDir,
+    dir: Utf8PathBuf,
 }
 
-fn dash(dir: &Utf8Path) -> Command {
-    require("dash", "dash");
-    let mut c = Command::new("dash");
-    c.arg(dir.join("kexec-boot")).env("PATH", "/usr/bin:/bin");
-    c
+const ROOT_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfGcWZ4P2n4Wm8A0yWkX4qj9kA2b8sL3bP7uYc0Qq3 operator@laptop";
+
+impl FakeHost {
+    fn new(script: &str) -> Self {
+        let (t, dir) = tempdir();
+        let tree = dir.join("tree");
+        std::fs::create_dir(&tree).expect("mkdir");
+        std::fs::write(tree.join("kexec-boot"), script).expect("write");
+        std::fs::set_permissions(
+            tree.join("kexec-boot"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        std::fs::write(tree.join("bzImage"), "kernel").expect("write");
+        std::fs::copy(stage1_gz(&dir), tree.join("initrd.gz")).expect("copy");
+        recording_kexec(&tree.join("kexec"));
+        let capture =
+            Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/network/static");
+        std::fs::write(
+            tree.join("ip"),
+            format!(
+                "#!/bin/sh\ncase \"$*\" in\n\
+                 '-json addr') cat {capture}/addrs.json ;;\n\
+                 '-json -4 route show table main') cat {capture}/routes-v4.json ;;\n\
+                 '-json -6 route show table main') cat {capture}/routes-v6.json ;;\n\
+                 *) echo \"ip: unexpected $*\" >&2; exit 1 ;;\nesac\n"
+            ),
+        )
+        .expect("write");
+        std::fs::set_permissions(tree.join("ip"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+
+        let host = dir.join("host");
+        for d in [
+            "etc/ssh",
+            "root/.ssh",
+            "home/debian/.ssh",
+            "etc/ssh/authorized_keys.d",
+            "tmp",
+        ] {
+            std::fs::create_dir_all(host.join(d)).expect("mkdir");
+        }
+        let files = [
+            ("etc/ssh/ssh_host_ed25519_key", "PRIVATE ed25519\n"),
+            (
+                "etc/ssh/ssh_host_ed25519_key.pub",
+                "ssh-ed25519 AAAAhost root@old\n",
+            ),
+            ("etc/ssh/ssh_host_rsa_key", "PRIVATE rsa\n"),
+            ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+            ("etc/hostname", "old-server\n"),
+            (
+                "etc/resolv.conf",
+                "# from DHCP\nnameserver 203.0.113.53\nsearch example.net\n",
+            ),
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\ndebian:x:1000:1000::/home/debian:/bin/sh\n",
+            ),
+            (
+                "home/debian/.ssh/authorized_keys",
+                "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 debian@ci\n",
+            ),
+            (
+                "etc/ssh/authorized_keys.d/root",
+                "sk-ssh-ed25519@openssh.com AAAAGnNr key@yubi\n",
+            ),
+        ];
+        for (f, text) in files {
+            std::fs::write(host.join(f), text).expect("write");
+        }
+        // The restriction cloud images put in front of root's keys.
+        std::fs::write(
+            host.join("root/.ssh/authorized_keys"),
+            format!(
+                "# managed\nno-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"debian\\\" rather than the user \\\"root\\\".';echo;sleep 10;exit 142\" {ROOT_KEY}\n{ROOT_KEY}\n"
+            ),
+        )
+        .expect("write");
+        FakeHost { _t: t, dir }
+    }
+
+    fn tree(&self) -> Utf8PathBuf {
+        self.dir.join("tree")
+    }
+
+    /// kexec-boot under dash, as root on the fake host.
+    fn run(&self, args: &[&str]) -> Command {
+        require("dash", "dash");
+        let mut c = Command::new("dash");
+        c.arg(self.tree().join("kexec-boot"))
+            .args(args)
+            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("NIXOS_KEXEC_CARRY_FROM", self.dir.join("host"))
+            .env("TMPDIR", self.dir.join("host/tmp"))
+            .env_remove("SUDO_USER")
+            .env_remove("DOAS_USER");
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tree().join("kexec.log")).expect("kexec was not run")
+    }
+
+    /// The carried files of the initrd kexec was given, unpacked.
+    fn carried(&self) -> Utf8PathBuf {
+        let loaded = std::fs::read(self.tree().join("loaded-initrd")).expect("no initrd loaded");
+        let initrd = std::fs::read(self.tree().join("initrd.gz")).expect("read");
+        assert_eq!(
+            &loaded[..initrd.len()],
+            &initrd[..],
+            "initrd.gz is not first"
+        );
+        let start = initrd.len().div_ceil(4) * 4;
+        assert!(
+            loaded[initrd.len()..start].iter().all(|&b| b == 0),
+            "padding"
+        );
+        let out = self.dir.join("carried");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        std::fs::write(self.dir.join("carried.cpio"), &loaded[start..]).expect("write");
+        require("cpio", "cpio");
+        sh(&format!(
+            "cd {out} && cpio -idm --quiet < {}",
+            self.dir.join("carried.cpio")
+        ));
+        out.join("nixos-kexec-carry")
+    }
+}
+
+fn log_without_initrd(log: &str) -> String {
+    log.lines()
+        .map(|l| {
+            if l.starts_with("--initrd=") {
+                "--initrd=…"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_loads_and_executes_under_dash() {
-    let (_t, dir) = tempdir();
-    fake_tree(&dir, &script(&spec(&params(), 1 << 20)));
-    ok(&mut dash(&dir));
-    let log = std::fs::read_to_string(dir.join("kexec.log")).expect("kexec was not run");
-    let want = format!(
-        "--load\n{dir}/bzImage\n--initrd={dir}/initrd.gz\n\
-         --command-line=init={TOPLEVEL}/init console=ttyS0,115200 panic=30 quoted='it''s $(x)'\n-e\n"
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(&mut h.run(&["--no-detach"]));
+    let tree = h.tree();
+    assert_eq!(
+        log_without_initrd(&h.log()),
+        format!(
+            "--kexec-file-syscall\n--load\n{tree}/bzImage\n--initrd=…\n\
+             --command-line=init={TOPLEVEL}/init console=ttyS0,115200 panic=30 quoted='it''s $(x)'\n-e"
+        )
     );
-    assert_eq!(log, want);
+    // The initrd it loaded lay on disk in TMPDIR, and is gone.
+    assert!(
+        h.log()
+            .contains(&format!("--initrd={}/host/tmp/nixos-kexec.", h.dir)),
+        "{}",
+        h.log()
+    );
+    assert_eq!(
+        std::fs::read_dir(h.dir.join("host/tmp"))
+            .expect("ls")
+            .count(),
+        0
+    );
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_carries_the_machine_in_a_cpio_after_the_initrd() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(&mut h.run(&["--no-detach"]));
+    // The kernel's own reader agrees on the layout: stage 1, then the cpio.
+    let inspect = ok(mkkexec().arg("inspect").arg(h.tree().join("loaded-initrd")));
+    assert!(inspect.contains("none (cpio)"), "{inspect}");
+    let c = h.carried();
+    let read =
+        |f: &str| std::fs::read_to_string(c.join(f)).unwrap_or_else(|_| panic!("{f} not carried"));
+    let capture = format!(
+        "{}/tests/fixture/network/static",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert_eq!(
+        read("network/addrs.json"),
+        std::fs::read_to_string(format!("{capture}/addrs.json")).expect("capture")
+    );
+    assert_eq!(
+        read("network/routes-v6.json"),
+        std::fs::read_to_string(format!("{capture}/routes-v6.json")).expect("capture")
+    );
+    assert_eq!(
+        read("network/resolv.conf"),
+        "nameserver 203.0.113.53\nsearch example.net\n"
+    );
+    assert_eq!(read("ssh/ssh_host_ed25519_key"), "PRIVATE ed25519\n");
+    assert_eq!(
+        read("ssh/ssh_host_ed25519_key.pub"),
+        "ssh-ed25519 AAAAhost root@old\n"
+    );
+    assert_eq!(read("ssh/ssh_host_rsa_key"), "PRIVATE rsa\n");
+    assert_eq!(read("machine-id"), "0123456789abcdef0123456789abcdef\n");
+    assert_eq!(read("hostname"), "old-server\n");
+    // Root's key once, without the restriction; the drop-in's key; not the
+    // key of a user who did not run it.
+    assert_eq!(
+        read("authorized_keys"),
+        format!("{ROOT_KEY}\nsk-ssh-ed25519@openssh.com AAAAGnNr key@yubi\n")
+    );
+    assert!(!c.join("notes").exists(), "{}", read("notes"));
+    // Private, as on the old host.
+    let mode = std::fs::metadata(
+        h.dir
+            .join("carried/nixos-kexec-carry/ssh/ssh_host_ed25519_key"),
+    )
+    .expect("stat")
+    .permissions()
+    .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_carries_the_keys_of_the_sudo_user() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(h.run(&["--no-detach"]).env("SUDO_USER", "debian"));
+    let keys = std::fs::read_to_string(h.carried().join("authorized_keys")).expect("keys");
+    assert!(
+        keys.contains("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 debian@ci"),
+        "{keys}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_says_what_it_could_not_carry() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    let host = h.dir.join("host");
+    std::fs::remove_file(h.tree().join("ip")).expect("rm");
+    sh(&format!(
+        "rm {host}/etc/ssh/ssh_host_* {host}/etc/ssh/authorized_keys.d/root {host}/root/.ssh/authorized_keys"
+    ));
+    // A file no list of keys is.
+    std::fs::write(host.join("root/.ssh/authorized_keys"), vec![b'x'; 2 << 20]).expect("write");
+    // A TMPDIR that cannot be written is passed over for /var/tmp.
+    let out = h
+        .run(&["--no-detach"])
+        .env("TMPDIR", "/proc")
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        h.log().contains("--initrd=/var/tmp/nixos-kexec."),
+        "{}",
+        h.log()
+    );
+    // Without the bundled ip, the host's own reads the network.
+    assert!(h.carried().join("network/addrs.json").is_file());
+    let notes = std::fs::read_to_string(h.carried().join("notes")).expect("notes");
+    for said in [
+        "no SSH host keys in /etc/ssh",
+        "has 2097152 bytes, more than any list of keys",
+        "no authorized SSH keys for root found",
+    ] {
+        assert!(
+            notes.contains(said) && err.contains(said),
+            "{said}: {notes}\n{err}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_falls_back_to_kexec_load_on_its_error() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    let out = h
+        .run(&["--no-detach"])
+        .env("FAKE_KEXEC_FILE_FAILS", "1")
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("kexec_file_load failed (kexec_file_load failed: Function not implemented); loaded with kexec_load"),
+        "{err}"
+    );
+    let log = h.log();
+    assert!(
+        log.contains("--kexec-file-syscall\n") && log.contains("--kexec-syscall\n"),
+        "{log}"
+    );
+    assert!(log.ends_with("\n-e\n"), "{log}");
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_dry_run_loads_unloads_and_can_run_again() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    // The tree is read-only, as nix build's result is.
+    sh(&format!("chmod -R a-w {}", h.tree()));
+    sh(&format!("chmod u+w {}", h.tree()));
+    ok(&mut h.run(&["--dry-run"]));
+    assert!(h.log().ends_with("\n--unload\n"), "{}", h.log());
+    let first = std::fs::read(h.tree().join("loaded-initrd")).expect("loaded");
+    ok(&mut h.run(&["--no-detach"]));
+    let second = std::fs::read(h.tree().join("loaded-initrd")).expect("loaded");
+    // A second run carries the same files once: nothing stacks.
+    assert!(first == second, "the second run loaded another initrd");
+    assert!(h.log().ends_with("\n-e\n"), "{}", h.log());
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_detaches_and_returns_first() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    let start = std::time::Instant::now();
+    let out = h.run(&[]).output().expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the new system starts in 2 s"), "{err}");
+    assert!(
+        !h.log().contains("\n-e\n"),
+        "started before the script returned"
+    );
+    // The detached process starts it a little later.
+    while !h.log().ends_with("\n-e\n") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "never started: {}",
+            h.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_without_kexec() {
-    let (_t, dir) = tempdir();
-    fake_tree(&dir, &script(&spec(&params(), 1)));
-    std::fs::remove_file(dir.join("kexec")).expect("rm");
-    let e = fails(&mut dash(&dir));
+    let h = FakeHost::new(&script(&spec(&params(), 1)));
+    std::fs::remove_file(h.tree().join("kexec")).expect("rm");
+    let e = fails(h.run(&[]).env("PATH", "/usr/bin:/bin"));
     assert!(e.contains("kexec not found: install kexec-tools"), "{e}");
 }
 
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_without_enough_memory() {
-    let (_t, dir) = tempdir();
-    fake_tree(&dir, &script(&spec(&params(), 1 << 40)));
-    let e = fails(&mut dash(&dir));
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 40)));
+    let e = fails(&mut h.run(&[]));
     assert!(
         e.contains("not enough memory: this image needs about 2097708 MiB"),
         "{e}"
     );
-    assert!(!dir.join("kexec.log").exists(), "kexec ran anyway");
+    assert!(!h.tree().join("kexec.log").exists(), "kexec ran anyway");
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_refuses_an_unknown_option() {
+    let h = FakeHost::new(&script(&spec(&params(), 1)));
+    let e = fails(&mut h.run(&["--yes"]));
+    assert!(e.contains("unknown option --yes"), "{e}");
+    assert!(!h.tree().join("kexec.log").exists(), "kexec ran anyway");
 }
 
 #[test]
 #[ignore = "needs root to drop to another user (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_when_not_root() {
     require("setpriv", "util-linux");
-    let (_t, dir) = tempdir();
-    fake_tree(&dir, &script(&spec(&params(), 1)));
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let h = FakeHost::new(&script(&spec(&params(), 1)));
+    std::fs::set_permissions(&h.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "dash"])
-        .arg(dir.join("kexec-boot"));
+        .arg(h.tree().join("kexec-boot"));
     let e = fails(&mut c);
     assert!(e.contains("must run as root"), "{e}");
 }
@@ -126,21 +446,86 @@ fn kexec_boot_refuses_when_not_root() {
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_runs_no_command_a_parameter_carries() {
-    let (_t, dir) = tempdir();
-    let pwned = dir.join("pwned");
+    let pwned_dir = tempdir();
+    let pwned = pwned_dir.1.join("pwned");
     let params = vec![
         format!("'; touch {pwned}; '"),
         format!("$(touch {pwned})"),
         "x=@INITRD_BYTES@".to_owned(),
     ];
-    fake_tree(&dir, &script(&spec(&params, 1 << 20)));
-    ok(&mut dash(&dir));
+    let h = FakeHost::new(&script(&spec(&params, 1 << 20)));
+    ok(&mut h.run(&["--no-detach"]));
     assert!(!pwned.exists(), "a kernel parameter ran a command");
-    let log = std::fs::read_to_string(dir.join("kexec.log")).expect("kexec was not run");
     assert!(
-        log.contains(&format!(
+        h.log().contains(&format!(
             "init={TOPLEVEL}/init '; touch {pwned}; ' $(touch {pwned}) x=@INITRD_BYTES@\n"
         )),
-        "{log}"
+        "{}",
+        h.log()
+    );
+}
+
+/// A PATH with a shell and coreutils only, as in systemd's stage 1
+/// (nixpkgs' boot.initrd.systemd.initrdBin: bash, coreutils, kmod, systemd).
+fn coreutils_only(dir: &Utf8Path) -> Utf8PathBuf {
+    let bin = dir.join("coreutils-bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    sh(&format!(
+        "for f in $(dpkg -L coreutils | grep '/bin/'); do [ -f $f ] && ln -sf $f {bin}/; done; ln -sf /bin/dash {bin}/sh"
+    ));
+    assert!(!bin.join("awk").exists() && !bin.join("sed").exists() && !bin.join("grep").exists());
+    bin
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn carried_files_land_in_the_new_system_with_coreutils_only() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(&mut h.run(&["--no-detach"]));
+    let carried = h.carried();
+    let root = h.dir.join("sysroot");
+    std::fs::create_dir(&root).expect("mkdir");
+    let carry_in = format!("{}/nix/carry-in.sh", env!("CARGO_MANIFEST_DIR"));
+    let bin = coreutils_only(&h.dir);
+    for _ in 0..2 {
+        // Twice: a second run changes nothing.
+        ok(Command::new("/bin/dash")
+            .arg("-euc")
+            .arg(format!(". {carry_in}; carry_in {root} {carried}"))
+            .env("PATH", &bin));
+    }
+    let read =
+        |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_else(|_| panic!("{f} missing"));
+    let mode = |f: &str| {
+        std::fs::metadata(root.join(f))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(read("etc/ssh/ssh_host_ed25519_key"), "PRIVATE ed25519\n");
+    assert_eq!(mode("etc/ssh/ssh_host_ed25519_key"), 0o600);
+    assert_eq!(mode("etc/ssh/ssh_host_ed25519_key.pub"), 0o644);
+    assert_eq!(read("etc/machine-id"), "0123456789abcdef0123456789abcdef\n");
+    let keys = read("root/.ssh/authorized_keys");
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    assert!(keys.contains(ROOT_KEY), "{keys}");
+    assert_eq!(mode("root/.ssh/authorized_keys"), 0o600);
+    assert_eq!(mode("root/.ssh"), 0o700);
+    // The network unit of the new system reads the carried state.
+    let units = root.join("run/systemd/network");
+    ok(mkkexec()
+        .args(["network", "--state"])
+        .arg(root.join("var/lib/nixos-kexec/carried/network"))
+        .arg("--output")
+        .arg(&units));
+    let d0 = std::fs::read_to_string(units.join("00-nixos-kexec-d0.network")).expect("unit");
+    assert!(
+        d0.contains("MACAddress=52:54:00:12:34:56\n") && d0.contains("Address=203.0.113.10/24\n"),
+        "{d0}"
+    );
+    assert!(
+        d0.contains("DNS=203.0.113.53\n") && d0.contains("Domains=example.net\n"),
+        "{d0}"
     );
 }

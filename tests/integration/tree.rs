@@ -233,9 +233,14 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
     std::fs::create_dir(&slash).expect("mkdir");
     sh(&format!("tar -xzf {a} -C {slash}"));
     require("dash", "dash");
+    // An empty host: nothing to carry but warnings.
+    let host = dir.join("host");
+    std::fs::create_dir(&host).expect("mkdir");
     ok(Command::new("dash")
         .arg(slash.join("nixos-kexec/bin/nixos-kexec"))
-        .env("PATH", "/usr/bin:/bin"));
+        .arg("--no-detach")
+        .env("NIXOS_KEXEC_CARRY_FROM", &host)
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin"));
     let log = std::fs::read_to_string(slash.join("nixos-kexec/kexec.log"))
         .expect("bundled kexec not used");
     let d = slash
@@ -243,7 +248,9 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
         .canonicalize_utf8()
         .expect("canon");
     assert!(
-        log.starts_with(&format!("--load\n{d}/bzImage\n--initrd={d}/initrd.gz\n")),
+        log.starts_with(&format!(
+            "--kexec-file-syscall\n--load\n{d}/bzImage\n--initrd=/var/tmp/nixos-kexec."
+        )),
         "{log}"
     );
     assert!(log.ends_with("loglevel=4\n-e\n"), "{log}");

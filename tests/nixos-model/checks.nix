@@ -59,6 +59,17 @@ let
       # The store paths whose closure the image holds.
       closure = map (p: p.name) build.squashfsStore.exportReferencesGraph.closure;
       initrdServices = lib.attrNames c.config.boot.initrd.systemd.services;
+      # Carrying the machine over: where stage 1 puts the carried files,
+      # and the unit that writes the network.
+      carry = {
+        initrdUnit = c.config.boot.initrd.systemd.services.nixos-kexec-carry or null;
+        postMountCommands = c.config.boot.initrd.postMountCommands;
+        network = c.config.systemd.services.nixos-kexec-network or null;
+        networkd = c.config.systemd.network.enable;
+        sshd = c.config.services.openssh.enable or false;
+      };
+      # Forces the assertions (the toplevel is built through them).
+      toplevelName = build.toplevel.name;
     };
   cases = {
     systemd = { };

@@ -101,9 +101,20 @@ in
       type = types.attrsOf types.anything;
       default = { };
     };
+    # nixos/modules/system/boot/stage-1.nix: the scripted stage 1's hook
+    # after the file systems are mounted at $targetRoot.
+    boot.initrd.postMountCommands = mkOption {
+      type = types.lines;
+      default = "";
+    };
     systemd.services = mkOption {
       type = types.attrsOf types.anything;
       default = { };
+    };
+    # nixos/modules/system/boot/networkd.nix
+    systemd.network.enable = mkOption {
+      type = types.bool;
+      default = false;
     };
     # nixos/modules/system/boot/stage-2.nix
     boot.postBootCommands = mkOption {
@@ -161,9 +172,18 @@ in
     };
     # nixos/modules/tasks/filesystems.nix: a tmpfs or overlay needs no
     # device; others without one fail in nixpkgs.
-    assertions = lib.mapAttrsToList (_: fs: {
-      assertion = fs.device != null || lib.elem fs.fsType [ "tmpfs" "overlay" ];
-      message = "fileSystems.${fs.mountPoint} has no device";
-    }) config.fileSystems;
+    assertions =
+      lib.mapAttrsToList (_: fs: {
+        assertion = fs.device != null || lib.elem fs.fsType [ "tmpfs" "overlay" ];
+        message = "fileSystems.${fs.mountPoint} has no device";
+      }) config.fileSystems
+      # nixos/modules/system/boot/systemd/initrd.nix: systemd's stage 1
+      # refuses the scripted stage 1's hooks.
+      ++ [
+        {
+          assertion = systemd1 -> config.boot.initrd.postMountCommands == "";
+          message = "systemd stage 1 does not support 'boot.initrd.postMountCommands'";
+        }
+      ];
   };
 }

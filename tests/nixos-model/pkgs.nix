@@ -47,6 +47,8 @@ let
         mainProgram = attrs.meta.mainProgram or (attrs.pname or name);
       };
       overrideAttrs = f: mkPackage (attrs // f attrs);
+      # callPackage's override: new arguments, the same stand-in.
+      override = _: mkPackage attrs;
       nativeBuildInputs = attrs.nativeBuildInputs or [ ];
       src = attrs.src or null;
     };
@@ -99,6 +101,7 @@ let
     "nix"
     "coreutils"
     "kexec-tools"
+    "iproute2"
     "squashfsTools"
     "cpio"
     "zstd"
