@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(squashfs-tools cpio zstd xz-utils gzip tar shellcheck dash nix-bin
-  qemu-system-x86 busybox-static kexec-tools util-linux git)
+  qemu-system-x86 busybox-static kexec-tools util-linux git
+  mmdebstrap openssh-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,3 +21,4 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 scripts/fetch-kernel.sh .cache/kernel
+scripts/fetch-debian.sh .cache/debian-bookworm

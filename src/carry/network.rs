@@ -157,15 +157,17 @@ impl Units {
             if link.link_type.as_deref() == Some("loopback") {
                 continue;
             }
-            let global: Vec<&Address> = link
+            let carried: Vec<&Address> = link
                 .addr_info
                 .iter()
-                .filter(|a| a.scope.as_deref().is_none_or(|s| s == "global"))
+                // Not the kernel's own (link-local, loopback): those come
+                // back by themselves. Site scope (fec0::/10) is carried.
+                .filter(|a| !matches!(a.scope.as_deref(), Some("link" | "host" | "nowhere")))
                 .collect();
             let routed = v4.iter().chain(&v6).any(|r| {
                 r.dev.as_deref() == Some(&link.ifname) && r.protocol.as_deref() != Some("kernel")
             });
-            if global.is_empty() && !routed {
+            if carried.is_empty() && !routed {
                 continue;
             }
             let mac = match link.address.as_deref() {
@@ -192,7 +194,7 @@ impl Units {
                 mac,
                 ..Unit::default()
             };
-            for a in global {
+            for a in carried {
                 match (a.family.as_str(), a.dynamic) {
                     ("inet", true) => unit.dhcp4 = true,
                     ("inet6", true) => unit.ra6 = true,
@@ -439,6 +441,20 @@ mod tests {
     fn not_ip_json_is_an_error() {
         let e = one("1: lo: <LOOPBACK,UP>", "").expect_err("text output");
         assert!(format!("{e:#}").contains("ip -json addr"), "{e:#}");
+    }
+
+    #[test]
+    fn site_scope_addresses_are_carried() {
+        let u = one(
+            r#"[{"ifname":"e0","address":"52:54:00:00:00:01","addr_info":[
+                {"family":"inet6","local":"fec0::15","prefixlen":64,"scope":"site"},
+                {"family":"inet6","local":"fe80::5054:ff:fe00:1","prefixlen":64,"scope":"link"}]}]"#,
+            "[]",
+        )
+        .expect("units");
+        let text = &u.files[0].1;
+        assert!(text.contains("Address=fec0::15/64\n"), "{text}");
+        assert!(!text.contains("fe80"), "{text}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::nix::build_fixture;
 const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
 
 /// Debian's kernel and its modules, from scripts/fetch-kernel.sh.
-fn kernel_dir() -> Utf8PathBuf {
+pub fn kernel_dir() -> Utf8PathBuf {
     let dir = std::env::var("MKKEXEC_TEST_KERNEL_DIR")
         .map(Utf8PathBuf::from)
         .unwrap_or_else(|_| Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/kernel"));
@@ -33,7 +33,7 @@ fn kernel_dir() -> Utf8PathBuf {
     dir
 }
 
-fn work_dir(name: &str) -> Utf8PathBuf {
+pub fn work_dir(name: &str) -> Utf8PathBuf {
     let d = Utf8PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("boot")
         .join(name);
@@ -42,9 +42,10 @@ fn work_dir(name: &str) -> Utf8PathBuf {
     d
 }
 
-/// The stage-1 stand-in: busybox, the three modules and tests/fixture/stage1-init,
-/// packed by `mkkexec initrd` (gzip, as NixOS' default compressor).
-fn stage1() -> &'static Utf8Path {
+/// The stage-1 stand-in: busybox, the three modules, tests/fixture/stage1-init
+/// and nix/carry-in.sh (the NixOS module's file placement), packed by
+/// `mkkexec initrd` (gzip, as NixOS' default compressor).
+pub fn stage1() -> &'static Utf8Path {
     static S: OnceLock<Utf8PathBuf> = OnceLock::new();
     S.get_or_init(|| {
         require("busybox", "busybox-static");
@@ -63,6 +64,11 @@ fn stage1() -> &'static Utf8Path {
         ])
         .arg(format!(
             "{}/tests/fixture/stage1-init:/init",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("--file")
+        .arg(format!(
+            "{}/nix/carry-in.sh:/carry-in.sh",
             env!("CARGO_MANIFEST_DIR")
         ));
         for m in ["loop", "squashfs", "overlay"] {
@@ -148,7 +154,7 @@ fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib:
     text
 }
 
-fn tail(log: &str) -> String {
+pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     format!(
         "--- last lines of the serial log ---\n{}",

@@ -7,6 +7,7 @@ mod boot;
 mod common;
 mod initrd;
 mod inspect;
+mod journey;
 mod module;
 mod nix;
 mod script;
