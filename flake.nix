@@ -25,6 +25,20 @@
           ];
         };
       systemFor = lib.genAttrs systems mkSystem;
+      # The same system for `hostSystem`, cross-compiled on `buildSystem`
+      # (mkkexec runs on the build platform).
+      mkCross =
+        buildSystem: hostSystem:
+        lib.nixosSystem {
+          modules = [
+            self.nixosModules.default
+            ./configuration.nix
+            {
+              nixpkgs.buildPlatform = buildSystem;
+              nixpkgs.hostPlatform = hostSystem;
+            }
+          ];
+        };
     in
     {
       # One module under two names: its key lets the module system import it
@@ -62,6 +76,15 @@
           # result/tarball/nixos-system-<system>.tar.gz
           tarball = build.kexecTarball;
         }
+        # The other architectures, cross-compiled here:
+        # `nix build .#tarball-aarch64-linux` on x86_64-linux.
+        // lib.listToAttrs (
+          map (
+            other:
+            lib.nameValuePair "tarball-${other}"
+              (mkCross pkgs.stdenv.hostPlatform.system other).config.system.build.kexecTarball
+          ) (lib.remove pkgs.stdenv.hostPlatform.system systems)
+        )
       );
 
       apps = forAllSystems (pkgs: {

@@ -43,7 +43,17 @@ let
       // (if storeContents == null then { } else { exportReferencesGraph.closure = storeContents; })
     );
 
-  optionalArgs = flag: value: if value == null then [ ] else [ flag (toString value) ];
+  # A Nix path (a file outside the store) is copied into the store, so that
+  # the sandboxed build can read it.
+  optionalArgs =
+    flag: value:
+    if value == null then
+      [ ]
+    else
+      [
+        flag
+        (if builtins.isPath value then "${value}" else toString value)
+      ];
 
   # --squashfs-compression/--squashfs-level and --initrd-compression/
   # --initrd-level, spelled the same in every subcommand.

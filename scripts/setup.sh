@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on Debian 12 (as root) and
-# fetches Debian's kernel for the boot tests into .cache/kernel.
+# Installs what the tests and the demo need on Debian 12 (as root), fetches
+# Debian's kernels for the boot tests (.cache/kernel, .cache/arm64) and
+# builds the Debian host of the operator's-journey test (.cache/debian-bookworm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(squashfs-tools cpio zstd xz-utils gzip tar shellcheck dash nix-bin
   qemu-system-x86 busybox-static kexec-tools util-linux git
-  mmdebstrap openssh-client)
+  mmdebstrap openssh-client qemu-system-arm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,3 +23,6 @@ if ((${#missing[@]})); then
 fi
 scripts/fetch-kernel.sh .cache/kernel
 scripts/fetch-debian.sh .cache/debian-bookworm
+# Adds the arm64 architecture to dpkg for Debian's arm64 kernel, busybox and
+# kexec (the aarch64 boot tests).
+scripts/fetch-arm64.sh .cache/arm64

@@ -19,7 +19,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::common::*;
 use crate::nix::build_fixture;
 
-const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
+pub const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
 
 /// Debian's kernel and its modules, from scripts/fetch-kernel.sh.
 pub fn kernel_dir() -> Utf8PathBuf {
@@ -94,10 +94,38 @@ fn nix_args(kernel_params: &str, sq: &str, ird: &str) -> Vec<(&'static str, Stri
 /// Boot `kernel` + `initrd` with `append`, return the serial log. The VM
 /// powers itself off (or panics and exits: -no-reboot, panic=-1).
 fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib: u32) -> String {
-    require("qemu-system-x86_64", "qemu-system-x86");
+    qemu_on(Arch::X86_64, name, kernel, initrd, append, mem_mib)
+}
+
+/// The machine a VM emulates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    /// QEMU's `virt` board with a Cortex-A57, always under TCG.
+    Aarch64,
+}
+
+/// [`qemu`] on `arch`.
+pub fn qemu_on(
+    arch: Arch,
+    name: &str,
+    kernel: &Utf8Path,
+    initrd: &Utf8Path,
+    append: &str,
+    mem_mib: u32,
+) -> String {
+    let (binary, package, machine): (&str, &str, &[&str]) = match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86", &[]),
+        Arch::Aarch64 => (
+            "qemu-system-aarch64",
+            "qemu-system-arm",
+            &["-M", "virt", "-cpu", "cortex-a57"],
+        ),
+    };
+    require(binary, package);
     require("timeout", "coreutils");
     let log = work_dir(&format!("log-{name}")).join("serial.log");
-    let accel = if std::env::var("MKKEXEC_TEST_KVM").as_deref() == Ok("1") {
+    let accel = if arch == Arch::X86_64 && std::env::var("MKKEXEC_TEST_KVM").as_deref() == Ok("1") {
         "kvm"
     } else {
         "tcg"
@@ -116,14 +144,9 @@ fn qemu(name: &str, kernel: &Utf8Path, initrd: &Utf8Path, append: &str, mem_mib:
         ["-serial".to_owned(), format!("file:{log}")].to_vec()
     };
     let status = Command::new("timeout")
-        .args([
-            "--kill-after=10",
-            "300",
-            "qemu-system-x86_64",
-            "-accel",
-            accel,
-            "-m",
-        ])
+        .args(["--kill-after=10", "300", binary, "-accel", accel])
+        .args(machine)
+        .arg("-m")
         .arg(mem_mib.to_string())
         .args([
             "-nodefaults",
@@ -162,7 +185,7 @@ pub fn tail(log: &str) -> String {
     )
 }
 
-fn assert_booted(name: &str, log: &str) {
+pub fn assert_booted(name: &str, log: &str) {
     assert!(
         log.contains(MARKER) && !log.contains("FIXTURE-FAIL") && !log.contains("STAGE1-FAIL"),
         "{name}: the fixture system did not boot\n{}",

@@ -3,6 +3,7 @@
 //! an independent reader: squashfs-tools, cpio, zstd/xz/gzip, shellcheck,
 //! dash, Nix, nixpkgs' module system, and the Linux kernel under QEMU.
 
+mod aarch64;
 mod boot;
 mod common;
 mod initrd;

@@ -52,7 +52,13 @@ fn strs(v: &Value) -> Vec<&str> {
         .collect()
 }
 
-const CASES: [&str; 4] = ["systemd", "scripted", "netbootMinimal", "aarch64"];
+const CASES: [&str; 5] = [
+    "systemd",
+    "scripted",
+    "netbootMinimal",
+    "aarch64",
+    "crossAarch64",
+];
 
 #[test]
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
@@ -185,7 +191,11 @@ fn module_carries_the_machine_under_both_stage_1_kinds() {
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
 fn module_ipxe_script_names_what_netboot_serves() {
     let c = checks("[ ]");
-    for (case, kernel) in [("systemd", "bzImage"), ("aarch64", "Image")] {
+    for (case, kernel) in [
+        ("systemd", "bzImage"),
+        ("aarch64", "Image"),
+        ("crossAarch64", "Image"),
+    ] {
         let args = strs(&c[case]["args"]["netbootIpxeScript"]);
         let tail = &args[args.len() - 5..];
         assert_eq!(
@@ -201,10 +211,14 @@ fn module_ipxe_script_names_what_netboot_serves() {
             + 1];
         assert!(initrd.ends_with("-netboot-ramdisk/initrd"), "{initrd}");
     }
-    assert_eq!(
-        c["aarch64"]["imageFilePath"],
-        "tarball/nixos-system-aarch64-linux.tar.gz"
-    );
+    // Natively and cross-compiled on x86_64, the tarball is named for the
+    // system it boots.
+    for case in ["aarch64", "crossAarch64"] {
+        assert_eq!(
+            c[case]["imageFilePath"], "tarball/nixos-system-aarch64-linux.tar.gz",
+            "{case}"
+        );
+    }
 }
 
 #[test]
@@ -298,6 +312,16 @@ fn flake_shows_and_checks_with_a_modelled_nixpkgs() {
     assert!(
         tarball.starts_with("tarball --tree /nix/store/"),
         "{tarball}"
+    );
+    // The aarch64 tarball, cross-compiled on x86_64: named for aarch64.
+    let cross = ok(flake(&s, &["eval", "--raw"])
+        .arg(format!(
+            "{root}#packages.x86_64-linux.tarball-aarch64-linux.args"
+        ))
+        .args(["--apply", "a: builtins.elemAt a 1"]));
+    assert!(
+        cross.contains(r#"--output "${outputs[out]}/tarball/nixos-system-aarch64-linux.tar.gz""#),
+        "{cross}"
     );
 }
 

@@ -423,6 +423,35 @@ fn kexec_boot_refuses_without_enough_memory() {
 
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_refuses_a_kernel_of_another_architecture() {
+    let machine = sh("uname -m");
+    let machine = machine.trim();
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    // A header as each architecture's kernel has it.
+    let kernel = |offset: usize, magic: &[u8]| {
+        let mut k = vec![0u8; 1024];
+        k[offset..offset + 4].copy_from_slice(magic);
+        std::fs::write(h.tree().join("bzImage"), k).expect("write");
+    };
+    let (mine, other, other_arch) = match machine {
+        "x86_64" => ((514, b"HdrS"), (56, b"ARMd"), "aarch64"),
+        _ => ((56, b"ARMd"), (514, b"HdrS"), "x86_64"),
+    };
+    kernel(other.0, other.1);
+    let e = fails(&mut h.run(&["--no-detach"]));
+    assert!(
+        e.contains(&format!(
+            "this tree boots an {other_arch} kernel, and this machine is {machine} (uname -m)"
+        )),
+        "{e}"
+    );
+    assert!(!h.tree().join("kexec.log").exists(), "kexec ran anyway");
+    kernel(mine.0, mine.1);
+    ok(&mut h.run(&["--no-detach"]));
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_an_unknown_option() {
     let h = FakeHost::new(&script(&spec(&params(), 1)));
     let e = fails(&mut h.run(&["--yes"]));

@@ -16,6 +16,8 @@ let
       system ? "x86_64-linux",
       systemdStage1 ? true,
       withNetbootMinimal ? false,
+      # Cross: the system for this platform, built on x86_64-linux.
+      hostPlatform ? null,
     }:
     import ./eval.nix {
       inherit lib system;
@@ -26,6 +28,10 @@ let
           {
             imports = lib.optional withNetbootMinimal (modulesPath + "/installer/netboot/netboot-minimal.nix");
             boot.initrd.systemd.enable = systemdStage1;
+            nixpkgs = lib.optionalAttrs (hostPlatform != null) {
+              inherit hostPlatform;
+              buildPlatform = "x86_64-linux";
+            };
             # A stand-in mkkexec: the real package needs the Rust toolchain.
             nixosKexec.package = (import ./pkgs.nix { inherit lib system; }).bash;
             system.stateVersion = "26.05";
@@ -76,6 +82,7 @@ let
     scripted.systemdStage1 = false;
     netbootMinimal.withNetbootMinimal = true;
     aarch64.system = "aarch64-linux";
+    crossAarch64.hostPlatform = "aarch64-linux";
   };
 in
 lib.mapAttrs (_: args: facts (eval args)) cases

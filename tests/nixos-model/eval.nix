@@ -6,19 +6,26 @@
   system ? "x86_64-linux",
   modules,
 }:
-let
-  pkgs = import ./pkgs.nix { inherit lib system; };
-in
 lib.evalModules {
   specialArgs.modulesPath = ./modules;
   modules = [
     ./nixos.nix
-    {
-      _module.args = {
-        inherit pkgs;
-        utils = import ./utils.nix { inherit lib; };
-      };
-    }
+    (
+      { config, ... }:
+      {
+        # nixos/modules/misc/nixpkgs.nix: pkgs for nixpkgs.hostPlatform (a
+        # system string here), built on nixpkgs.buildPlatform (this model's
+        # pkgs always build on x86_64-linux).
+        nixpkgs.hostPlatform = lib.mkDefault system;
+        _module.args = {
+          pkgs = import ./pkgs.nix {
+            inherit lib;
+            system = config.nixpkgs.hostPlatform;
+          };
+          utils = import ./utils.nix { inherit lib; };
+        };
+      }
+    )
   ]
   ++ modules;
 }

@@ -10,15 +10,18 @@
     let
       lib = (import ./model/lib.nix { libPath = ./lib; }).extend (
         final: prev: {
+          # As nixpkgs' lib.nixosSystem: `system` may be left out when the
+          # modules set nixpkgs.hostPlatform.
           nixosSystem =
             {
-              system,
+              system ? null,
               modules,
               ...
             }:
             import ./model/eval.nix {
               lib = final;
-              inherit system modules;
+              inherit modules;
+              system = if system == null then "x86_64-linux" else system;
             };
         }
       );

@@ -40,6 +40,12 @@ in
       };
       default = { };
     };
+    # nixos/modules/misc/nixpkgs.nix (systems as strings only).
+    nixpkgs.hostPlatform = mkOption { type = types.str; };
+    nixpkgs.buildPlatform = mkOption {
+      type = types.str;
+      default = "x86_64-linux";
+    };
     # nixos/modules/misc/version.nix
     system.stateVersion = mkOption {
       type = types.str;

@@ -93,6 +93,24 @@ for f in bzImage initrd.gz; do
   [ -r "$here/$f" ] || die "$here/$f is missing: keep kexec-boot, bzImage and initrd.gz together"
 done
 
+# The kernel's architecture, from its header: x86's bzImage has "HdrS" at
+# byte 514, arm64's Image "ARMd" at byte 56 (the tree calls both bzImage,
+# as nixpkgs' kexecTree does).
+header() { # FILE OFFSET: 4 bytes of FILE
+  dd if="$1" bs=1 skip="$2" count=4 2>/dev/null
+}
+if [ "$(header "$here/bzImage" 514)" = HdrS ]; then
+  kernel_arch=x86_64
+elif [ "$(header "$here/bzImage" 56)" = ARMd ]; then
+  kernel_arch=aarch64
+else
+  kernel_arch=
+fi
+machine=$(uname -m)
+if [ -n "$kernel_arch" ] && [ "$kernel_arch" != "$machine" ]; then
+  die "this tree boots an $kernel_arch kernel, and this machine is $machine (uname -m): use the tree or tarball built for $machine-linux"
+fi
+
 # --- A place on disk for the initrd with the carried files -----------------
 
 # The type of the file system DIR is on, from /proc/mounts (the last mount
