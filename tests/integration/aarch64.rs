@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::boot::{Arch, MARKER, assert_booted, qemu_on, tail, work_dir};
+use crate::boot::{Arch, assert_booted, assert_hopped, qemu_on, tail, work_dir};
 use crate::common::*;
 use crate::nix::build_fixture;
 
@@ -122,21 +122,10 @@ fn aarch64_kexec_hop_from_a_foreign_host_boots_the_tarball() {
         "console=ttyAMA0 panic=-1 quiet",
         1024,
     );
-    assert!(
-        log.contains("HOST-UP"),
-        "the host did not boot\n{}",
-        tail(&log)
-    );
-    assert!(
-        !log.contains("HOST-STAYED-UP"),
-        "nixos-kexec returned\n{}",
-        tail(&log)
-    );
+    assert_hopped("hop-aarch64", &log);
     assert!(
         log.contains("kexec_file_load failed") && log.contains("loaded with kexec_load"),
         "{}",
         tail(&log)
     );
-    assert!(log.contains(MARKER), "{}", tail(&log));
-    assert_booted("hop-aarch64", &log);
 }

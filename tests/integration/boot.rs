@@ -19,7 +19,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::common::*;
 use crate::nix::build_fixture;
 
-pub const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
+const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
 
 /// Debian's kernel and its modules, from scripts/fetch-kernel.sh.
 pub fn kernel_dir() -> Utf8PathBuf {
@@ -290,22 +290,28 @@ fn hop(name: &str, disable_kexec: bool, mem_mib: u32) -> String {
 #[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_from_a_foreign_host_boots_the_tarball() {
     let log = hop("hop", false, 1024);
-    assert!(
-        log.contains("HOST-UP"),
-        "the host did not boot\n{}",
-        tail(&log)
-    );
-    assert!(
-        !log.contains("HOST-STAYED-UP"),
-        "nixos-kexec returned\n{}",
-        tail(&log)
-    );
-    assert_booted("hop", &log);
+    assert_hopped("hop", &log);
     assert!(
         log.contains("kexec-boot: starting the new kernel"),
         "{}",
         tail(&log)
     );
+}
+
+/// The host came up, nixos-kexec did not return, and the second kernel
+/// booted the fixture.
+pub fn assert_hopped(name: &str, log: &str) {
+    assert!(
+        log.contains("HOST-UP"),
+        "{name}: the host did not boot\n{}",
+        tail(log)
+    );
+    assert!(
+        !log.contains("HOST-STAYED-UP"),
+        "{name}: nixos-kexec returned\n{}",
+        tail(log)
+    );
+    assert_booted(name, log);
 }
 
 /// The host printed kexec-boot's `sentence`, stayed up, and booted nothing.

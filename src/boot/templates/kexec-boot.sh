@@ -186,7 +186,7 @@ elif "$ip" -json addr >"$carry/network/addrs.json" 2>"$work/ip.err" &&
   :
 else
   rm -f "$carry/network/addrs.json"
-  note "$ip -json failed ($(head -n 1 "$work/ip.err")): addresses and routes are not carried; the new system asks DHCP"
+  note "$ip -json failed ($(head -n 1 "$work/ip.err")): addresses and routes are not carried (an ip without -json, like busybox's, cannot tell them exactly; the tarball bundles iproute2's); the new system asks DHCP"
 fi
 
 # The nameservers; behind systemd-resolved's stub, the servers it asks.
