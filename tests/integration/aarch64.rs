@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::boot::{Arch, assert_booted, assert_hopped, qemu_on, tail, work_dir};
+use crate::boot::{Arch, assert_booted, assert_hopped, assert_refused, qemu_on, work_dir};
 use crate::common::*;
 use crate::nix::build_fixture;
 
@@ -108,24 +108,36 @@ fn host_initrd(tarball: &Utf8Path) -> Utf8PathBuf {
     out
 }
 
-#[test]
-#[ignore = "needs qemu-system-aarch64, Debian's arm64 kernel and Nix (scripts/test.sh runs it)"]
-fn aarch64_kexec_hop_from_a_foreign_host_boots_the_tarball() {
+/// The kexec hop on an arm64 host with `mem_mib` of RAM.
+fn hop(name: &str, mem_mib: u32) -> String {
     let out = build_fixture("tarball", &nix_args());
     let tarball = out.join("tarball/nixos-system-aarch64-linux.tar.gz");
     assert!(tarball.is_file(), "{tarball} missing");
-    let log = qemu_on(
+    qemu_on(
         Arch::Aarch64,
-        "hop-aarch64",
+        name,
         &arm64().join("Image"),
         &host_initrd(&tarball),
         "console=ttyAMA0 panic=-1 quiet",
-        1024,
-    );
+        mem_mib,
+    )
+}
+
+#[test]
+#[ignore = "needs qemu-system-aarch64, Debian's arm64 kernel and Nix (scripts/test.sh runs it)"]
+fn aarch64_kexec_hop_from_a_foreign_host_boots_the_tarball() {
+    let log = hop("hop-aarch64", 1024);
     assert_hopped("hop-aarch64", &log);
     assert!(
         log.contains("kexec_file_load failed") && log.contains("loaded with kexec_load"),
-        "{}",
-        tail(&log)
+        "{log}"
     );
+}
+
+#[test]
+#[ignore = "needs qemu-system-aarch64, Debian's arm64 kernel and Nix (scripts/test.sh runs it)"]
+fn aarch64_kexec_hop_refused_without_enough_memory() {
+    // The same check as on x86_64, reading the arm64 host's /proc/meminfo.
+    let log = hop("hop-aarch64-small", 288);
+    assert_refused(&log, "not enough memory: this image needs about");
 }

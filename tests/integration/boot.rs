@@ -315,7 +315,7 @@ pub fn assert_hopped(name: &str, log: &str) {
 }
 
 /// The host printed kexec-boot's `sentence`, stayed up, and booted nothing.
-fn assert_refused(log: &str, sentence: &str) {
+pub fn assert_refused(log: &str, sentence: &str) {
     assert!(log.contains(sentence), "{}", tail(log));
     assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(log));
     assert!(!log.contains(MARKER));
