@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use std::net::IpAddr;
+
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
@@ -110,8 +112,51 @@ struct Unit {
     mac: String,
     dhcp4: bool,
     ra6: bool,
+    /// The static addresses, written out.
     addresses: Vec<String>,
+    /// Every address's network (static or not): what is on-link.
+    prefixes: Vec<(IpAddr, u8)>,
     routes: Vec<String>,
+}
+
+/// `addr` or `addr/len` in its canonical form (IPv6 shortened, as `ip`
+/// prints it; /proc/net does not), or as given if it is no address.
+fn canonical(s: &str) -> String {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    match (addr.parse::<IpAddr>(), len) {
+        (Ok(ip), Some(l)) => format!("{ip}/{l}"),
+        (Ok(ip), None) => ip.to_string(),
+        (Err(_), _) => s.to_owned(),
+    }
+}
+
+/// Whether `gw` is reachable without a route: link-local, or in the network
+/// of an address of the link. networkd refuses any other gateway unless
+/// told it is on-link.
+fn on_a_prefix(gw: &str, prefixes: &[(IpAddr, u8)]) -> bool {
+    let Ok(gw) = gw.parse::<IpAddr>() else {
+        return true;
+    };
+    let within = |net: &IpAddr, len: u8| match (net, gw) {
+        (IpAddr::V4(n), IpAddr::V4(g)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(*n) & mask == u32::from(g) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(g)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(*n) & mask == u128::from(g) & mask
+        }
+        _ => false,
+    };
+    matches!(gw, IpAddr::V6(g) if g.segments()[0] & 0xffc0 == 0xfe80)
+        || prefixes.iter().any(|(n, l)| within(n, *l))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<Vec<T>> {
@@ -195,10 +240,15 @@ impl Units {
                 ..Unit::default()
             };
             for a in carried {
+                if let Ok(ip) = a.local.parse::<IpAddr>() {
+                    unit.prefixes.push((ip, a.prefixlen));
+                }
                 match (a.family.as_str(), a.dynamic) {
                     ("inet", true) => unit.dhcp4 = true,
                     ("inet6", true) => unit.ra6 = true,
-                    (_, false) => unit.addresses.push(format!("{}/{}", a.local, a.prefixlen)),
+                    (_, false) => unit
+                        .addresses
+                        .push(canonical(&format!("{}/{}", a.local, a.prefixlen))),
                     _ => {}
                 }
             }
@@ -232,21 +282,26 @@ impl Units {
                 let dst = if r.dst == "default" {
                     family.default_dst().to_owned()
                 } else if r.dst.contains('/') {
-                    r.dst.clone()
+                    canonical(&r.dst)
                 } else {
-                    format!("{}/{}", r.dst, family.host_len())
+                    format!("{}/{}", canonical(&r.dst), family.host_len())
                 };
                 let mut s = format!("\n[Route]\nDestination={dst}\n");
-                match (r.gateway.as_deref(), r.via.as_ref()) {
-                    (Some(gw), _) => writeln!(s, "Gateway={gw}")?,
-                    (None, Some(via)) => writeln!(s, "Gateway={}", via.host)?,
-                    (None, None) => {
+                let gateway = r
+                    .gateway
+                    .as_deref()
+                    .or(r.via.as_ref().map(|v| v.host.as_str()));
+                match gateway {
+                    Some(gw) => writeln!(s, "Gateway={}", canonical(gw))?,
+                    None => {
                         if let Some(scope) = r.scope.as_deref() {
                             writeln!(s, "Scope={scope}")?;
                         }
                     }
                 }
-                if r.flags.iter().any(|f| f == "onlink") {
+                let onlink = r.flags.iter().any(|f| f == "onlink")
+                    || gateway.is_some_and(|gw| !on_a_prefix(gw, &unit.prefixes));
+                if onlink {
                     writeln!(s, "GatewayOnLink=yes")?;
                 }
                 if let Some(m) = r.metric {
@@ -257,7 +312,7 @@ impl Units {
                     }
                 }
                 if let Some(src) = &r.prefsrc {
-                    writeln!(s, "PreferredSource={src}")?;
+                    writeln!(s, "PreferredSource={}", canonical(src))?;
                 }
                 unit.routes.push(s);
             }
@@ -455,6 +510,30 @@ mod tests {
         let text = &u.files[0].1;
         assert!(text.contains("Address=fec0::15/64\n"), "{text}");
         assert!(!text.contains("fe80"), "{text}");
+    }
+
+    #[test]
+    fn proc_net_addresses_are_shortened_and_outside_gateways_on_link() {
+        let u = one(
+            r#"[{"ifname":"e0","address":"96:00:00:aa:bb:cc","addr_info":[
+                {"family":"inet","local":"192.0.2.77","prefixlen":32,"scope":"global"},
+                {"family":"inet6","local":"2a01:04f8:0c17:0001:0000:0000:0000:0001","prefixlen":64,"scope":"global"}]}]"#,
+            r#"[{"dst":"default","gateway":"172.31.1.1","dev":"e0","flags":[]},
+                {"dst":"10.0.0.0/8","gateway":"192.0.2.77","dev":"e0","flags":[]}]"#,
+        )
+        .expect("units");
+        let text = &u.files[0].1;
+        assert!(text.contains("Address=2a01:4f8:c17:1::1/64\n"), "{text}");
+        // 172.31.1.1 is in no address's network: on-link, as the kernel
+        // route had it; 192.0.2.77 is the link's own /32.
+        assert!(
+            text.contains("Gateway=172.31.1.1\nGatewayOnLink=yes\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Gateway=192.0.2.77\n\n") || text.ends_with("Gateway=192.0.2.77\n"),
+            "{text}"
+        );
     }
 
     #[test]
