@@ -276,12 +276,17 @@ fn hop_tarball() -> Utf8PathBuf {
 }
 
 fn hop(name: &str, disable_kexec: bool, mem_mib: u32) -> String {
+    hop_with(name, disable_kexec, mem_mib, "")
+}
+
+/// [`hop`] with more parameters for the host's kernel.
+fn hop_with(name: &str, disable_kexec: bool, mem_mib: u32, params: &str) -> String {
     let initrd = host_initrd(name, &hop_tarball(), disable_kexec);
     qemu(
         name,
         &kernel_dir().join("vmlinuz"),
         &initrd,
-        "console=ttyS0 panic=-1 quiet",
+        &format!("console=ttyS0 panic=-1 quiet {params}"),
         mem_mib,
     )
 }
@@ -319,6 +324,22 @@ pub fn assert_refused(log: &str, sentence: &str) {
     assert!(log.contains(sentence), "{}", tail(log));
     assert!(log.contains("HOST-STAYED-UP rc=1"), "{}", tail(log));
     assert!(!log.contains(MARKER));
+}
+
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn kexec_hop_refused_under_lockdown_says_why() {
+    // What Secure Boot does to an unsigned kernel: both syscalls refuse.
+    let log = hop_with("hop-lockdown", false, 1024, "lockdown=integrity");
+    assert_refused(
+        &log,
+        "the new kernel could not be loaded. The kernel is in lockdown",
+    );
+    assert!(
+        log.contains("kexec_file_load: ") && log.contains("kexec_load: "),
+        "{}",
+        tail(&log)
+    );
 }
 
 #[test]

@@ -462,6 +462,9 @@ else
         *"[none]"*) ;;
         *) lockdown=" The kernel is in lockdown ($(cat /sys/kernel/security/lockdown)): it loads only signed kernels (Secure Boot); turn Secure Boot off." ;;
       esac
+    elif dmesg 2>/dev/null | tail -n 20 | grep -q 'Lockdown: kexec'; then
+      # securityfs is not mounted; the kernel's log tells.
+      lockdown=" The kernel is in lockdown (its log says so): it loads only signed kernels (Secure Boot); turn Secure Boot off."
     fi
     say "kexec_file_load: $file_err"
     say "kexec_load: $(cat "$work/load.err")"
