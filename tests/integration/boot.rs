@@ -264,7 +264,13 @@ fn host_initrd(name: &str, tarball: &Utf8Path, disable_kexec: bool) -> Utf8PathB
 
 /// Build the tarball (with Debian's kexec bundled) through Nix.
 fn hop_tarball() -> Utf8PathBuf {
+    tarball_with(&[])
+}
+
+/// The hop's tarball with more fixture arguments.
+fn tarball_with(extra: &[(&'static str, String)]) -> Utf8PathBuf {
     let mut args = nix_args("[ \"console=ttyS0\" \"panic=-1\" ]", "zstd", "zstd");
+    args.extend_from_slice(extra);
     let kexec = sh("command -v kexec");
     args.push(("kexec", kexec.trim().to_owned()));
     let out = build_fixture("tarball", &args);
@@ -281,7 +287,17 @@ fn hop(name: &str, disable_kexec: bool, mem_mib: u32) -> String {
 
 /// [`hop`] with more parameters for the host's kernel.
 fn hop_with(name: &str, disable_kexec: bool, mem_mib: u32, params: &str) -> String {
-    let initrd = host_initrd(name, &hop_tarball(), disable_kexec);
+    hop_of(name, &hop_tarball(), disable_kexec, mem_mib, params)
+}
+
+fn hop_of(
+    name: &str,
+    tarball: &Utf8Path,
+    disable_kexec: bool,
+    mem_mib: u32,
+    params: &str,
+) -> String {
+    let initrd = host_initrd(name, tarball, disable_kexec);
     qemu(
         name,
         &kernel_dir().join("vmlinuz"),
@@ -340,6 +356,22 @@ fn kexec_hop_refused_under_lockdown_says_why() {
         "{}",
         tail(&log)
     );
+}
+
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn kexec_hop_refuses_an_initrd_it_could_not_write_whole() {
+    // A 128 MiB store on a host whose only room is RAM: at 720 MiB the
+    // memory check passes (it asks 653 of 660), but the initrd with the carried
+    // files does not fit in what is left. Loading the part that was
+    // written booted a cut store (measured): it must refuse instead.
+    let tarball = tarball_with(&[
+        ("payloadMiB", "128".to_owned()),
+        ("initrdCompression", "\"none\"".to_owned()),
+    ]);
+    let log = hop_of("hop-cut", &tarball, false, 720, "");
+    assert_refused(&log, "kexec-boot: could write only ");
+    assert!(!log.contains("STAGE1-FAIL"), "{}", tail(&log));
 }
 
 #[test]

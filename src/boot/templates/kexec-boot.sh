@@ -435,12 +435,22 @@ carried_cpio() {
 
 initrd=$work/initrd
 say "assembling the initrd with the carried files in $work_parent"
+carried_cpio >"$work/carried.cpio" || die "cannot write $work/carried.cpio: is $work_parent full?"
+base=$(($(wc -c <"$here/initrd.gz")))
+# An uncompressed cpio must start 4-byte aligned.
+pad=$(((4 - base % 4) % 4))
 {
   cat "$here/initrd.gz"
-  # An uncompressed cpio must start 4-byte aligned.
-  zeros $(((4 - $(wc -c <"$here/initrd.gz") % 4) % 4))
-  carried_cpio
-} >"$initrd" || die "cannot write $initrd: is $work_parent full?"
+  zeros "$pad"
+  cat "$work/carried.cpio"
+} >"$initrd" || :
+# A short write (a full disk, or RAM running out under a RAM file system)
+# must not load: a cut initrd boots a cut store. The size says it.
+want=$((base + pad + $(wc -c <"$work/carried.cpio")))
+got=$(($(wc -c <"$initrd")))
+[ "$got" = "$want" ] ||
+  die "could write only $got of the $want bytes of $initrd: $work_parent is full (or, in RAM, the memory ran out); free space there or set TMPDIR to a disk with $((want / mib + 1)) MiB free"
+rm -f "$work/carried.cpio"
 
 # --- Load ------------------------------------------------------------------
 
