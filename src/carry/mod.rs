@@ -16,7 +16,7 @@
 
 pub mod network;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
 use crate::output::write_file;
@@ -47,6 +47,9 @@ pub fn write_network_units(state: &Utf8Path, output: &Utf8Path) -> Result<()> {
     .with_context(|| format!("in the network state {state}"))?;
     for w in &units.warnings {
         eprintln!("mkkexec: warning: {w}");
+    }
+    if output.exists() && !output.is_dir() {
+        bail!("{output} is not a directory; --output names the directory of the units");
     }
     std::fs::create_dir_all(output).with_context(|| format!("cannot create {output}"))?;
     for (name, text) in &units.files {

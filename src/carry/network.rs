@@ -191,9 +191,9 @@ fn route_kind_skipped(kind: Option<&str>) -> Option<&str> {
 impl Units {
     /// The units for `state`.
     pub fn from_state(state: &State) -> Result<Self> {
-        let links: Vec<Link> = parse(state.addrs, "the address list (ip -json addr)")?;
-        let v4: Vec<Route> = parse(state.routes_v4, "the IPv4 routes (ip -json -4 route)")?;
-        let v6: Vec<Route> = parse(state.routes_v6, "the IPv6 routes (ip -json -6 route)")?;
+        let links: Vec<Link> = parse(state.addrs, "addrs.json (ip -json addr)")?;
+        let v4: Vec<Route> = parse(state.routes_v4, "routes-v4.json (ip -json -4 route)")?;
+        let v6: Vec<Route> = parse(state.routes_v6, "routes-v6.json (ip -json -6 route)")?;
         let mut out = Units::default();
         let mut units: BTreeMap<String, Unit> = BTreeMap::new();
         let mut macs: BTreeMap<String, String> = BTreeMap::new();
