@@ -180,14 +180,6 @@ fn file_part(name: &str) -> String {
         .collect()
 }
 
-/// Why `kind` routes are not carried, if they are not.
-fn route_kind_skipped(kind: Option<&str>) -> Option<&str> {
-    match kind {
-        None | Some("unicast") => None,
-        Some(other) => Some(other),
-    }
-}
-
 impl Units {
     /// The units for `state`.
     pub fn from_state(state: &State) -> Result<Self> {
@@ -274,7 +266,8 @@ impl Units {
                 {
                     continue;
                 }
-                if let Some(kind) = route_kind_skipped(r.kind.as_deref()) {
+                // Blackhole, unreachable, prohibit …: not unicast, not carried.
+                if let Some(kind) = r.kind.as_deref().filter(|k| *k != "unicast") {
                     out.warnings
                         .push(format!("the {kind} route to {} is not carried", r.dst));
                     continue;

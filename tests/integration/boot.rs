@@ -282,14 +282,10 @@ fn tarball_with(extra: &[(&'static str, String)]) -> Utf8PathBuf {
 }
 
 fn hop(name: &str, disable_kexec: bool, mem_mib: u32) -> String {
-    hop_with(name, disable_kexec, mem_mib, "")
+    hop_of(name, &hop_tarball(), disable_kexec, mem_mib, "")
 }
 
-/// [`hop`] with more parameters for the host's kernel.
-fn hop_with(name: &str, disable_kexec: bool, mem_mib: u32, params: &str) -> String {
-    hop_of(name, &hop_tarball(), disable_kexec, mem_mib, params)
-}
-
+/// The hop of `tarball`, with `params` for the host's kernel.
 fn hop_of(
     name: &str,
     tarball: &Utf8Path,
@@ -346,7 +342,13 @@ pub fn assert_refused(log: &str, sentence: &str) {
 #[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_refused_under_lockdown_says_why() {
     // What Secure Boot does to an unsigned kernel: both syscalls refuse.
-    let log = hop_with("hop-lockdown", false, 1024, "lockdown=integrity");
+    let log = hop_of(
+        "hop-lockdown",
+        &hop_tarball(),
+        false,
+        1024,
+        "lockdown=integrity",
+    );
     assert_refused(
         &log,
         "the new kernel could not be loaded. The kernel is in lockdown",

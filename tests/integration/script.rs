@@ -149,8 +149,20 @@ impl FakeHost {
 
     /// kexec-boot under dash, as root on the fake host.
     fn run(&self, args: &[&str]) -> Command {
+        self.run_via(&[], args)
+    }
+
+    /// [`FakeHost::run`] under `wrapper` (e.g. `ip netns exec NS`).
+    fn run_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
         require("dash", "dash");
-        let mut c = Command::new("dash");
+        let mut c = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg("dash");
+                c
+            }
+            None => Command::new("dash"),
+        };
         c.arg(self.tree().join("kexec-boot"))
             .args(args)
             .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
@@ -607,13 +619,9 @@ fn kexec_boot_without_ip_carries_what_proc_net_says_as_ip_would() {
     ));
     // (Found before PATH loses it.)
     let ip = sh("command -v ip");
-    let out = Command::new(ip.trim())
-        .args(["netns", "exec", ns.0, "dash"])
-        .arg(h.tree().join("kexec-boot"))
-        .arg("--no-detach")
+    let out = h
+        .run_via(&[ip.trim(), "netns", "exec", ns.0], &["--no-detach"])
         .env("PATH", &bin)
-        .env("NIXOS_KEXEC_CARRY_FROM", h.dir.join("host"))
-        .env("TMPDIR", h.dir.join("host/tmp"))
         .output()
         .expect("spawn");
     let err = String::from_utf8_lossy(&out.stderr);
