@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fetch Debian's kernel for the boot tests into DIR (default .cache/kernel):
 # DIR/vmlinuz, DIR/modules/{loop,squashfs,overlay}.ko for the stage-1
-# stand-in and DIR/modules/e1000.ko, the network card of the Debian host
-# test. Idempotent.
+# stand-in, DIR/modules/e1000.ko, the network card of the Debian host
+# test, and the virtio disk + ext4 stack of the disk-backed foreign host
+# (DIR/modules/disk.order lists them in insmod order). Idempotent.
 set -euo pipefail
 dir=${1:-.cache/kernel}
-if [[ -f $dir/vmlinuz && -f $dir/modules/overlay.ko && -f $dir/modules/e1000.ko ]]; then
+if [[ -f $dir/vmlinuz && -f $dir/modules/overlay.ko && -f $dir/modules/e1000.ko && -f $dir/modules/disk.order ]]; then
   exit 0
 fi
 pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
@@ -22,5 +23,13 @@ for m in drivers/block/loop fs/squashfs/squashfs fs/overlayfs/overlay \
   drivers/net/ethernet/intel/e1000/e1000; do
   cp "$tmp"/x/lib/modules/*/kernel/$m.ko "$dir/modules/"
 done
+disk="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev
+  drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk
+  lib/crc16 crypto/crc32c_generic fs/mbcache fs/jbd2/jbd2 fs/ext4/ext4"
+for m in $disk; do
+  cp "$tmp"/x/lib/modules/*/kernel/$m.ko "$dir/modules/"
+done
+# In dependency order (each module's depends= lists only earlier ones).
+for m in $disk; do basename "$m"; done > "$dir/modules/disk.order"
 echo "$pkg" > "$dir/version"
 echo "fetch-kernel: $pkg in $dir" >&2

@@ -33,7 +33,7 @@ in
 pkgs.testers.runNixOSTest {
   name = "nixos-kexec";
   nodes.machine = {
-    # kexec-boot wants the initrd, twice the store it unpacks, and 256 MiB.
+    # Room for what kexec-boot asks (README, "Memory"), with the tarball in RAM.
     virtualisation.memorySize = 3072;
     system.extraDependencies = [ target.config.system.build.kexecTarball ];
   };

@@ -424,10 +424,45 @@ fn kexec_boot_refuses_without_kexec() {
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_without_enough_memory() {
+    // A tmpfs rootfs: the 300 MiB initrd, twice the 1 TiB it unpacks, 48.
     let h = FakeHost::new(&script(&spec(&params(), 1 << 40)));
     let e = fails(&mut h.run(&[]));
     assert!(
-        e.contains("not enough memory: this image needs about 2097708 MiB"),
+        e.contains("not enough memory: this image needs 2097500 MiB of RAM and this machine has ")
+            && e.contains("rootfstype=ramfs on the kernel command line (nixosKexec.initramfsOnRamfs) would lower it to 1048924 MiB")
+            && e.contains("Nothing was loaded."),
+        "{e}"
+    );
+    assert!(!h.tree().join("kexec.log").exists(), "kexec ran anyway");
+    // A ramfs holds it once.
+    let mut ramfs = params();
+    ramfs.push("rootfstype=ramfs".into());
+    let h = FakeHost::new(&script(&spec(&ramfs, 1 << 40)));
+    let e = fails(&mut h.run(&[]));
+    assert!(
+        e.contains("this image needs 1048924 MiB of RAM")
+            && e.contains("into a ramfs; a smaller system would lower it"),
+        "{e}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise, and a mount namespace (scripts/test.sh runs it)"]
+fn kexec_boot_refuses_without_enough_free_memory_before_loading() {
+    // Enough RAM, but little of it free now: what kexec copies must fit.
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    let meminfo = h.dir.join("meminfo");
+    std::fs::write(
+        &meminfo,
+        "MemTotal:       16000000 kB\nMemFree:          100000 kB\nMemAvailable:       8192 kB\n",
+    )
+    .expect("write");
+    let mount = format!("mount --bind {meminfo} /proc/meminfo && exec \"$@\"");
+    let e = fails(&mut h.run_via(&["unshare", "-m", "sh", "-c", &mount, "sh"], &[]));
+    assert!(
+        e.contains("not enough free memory to load the new kernel: kexec needs 16 MiB free")
+            && e.contains("this machine has 8 MiB available (MemAvailable)")
+            && e.contains("Nothing was loaded."),
         "{e}"
     );
     assert!(!h.tree().join("kexec.log").exists(), "kexec ran anyway");

@@ -18,6 +18,8 @@ let
       withNetbootMinimal ? false,
       # Cross: the system for this platform, built on x86_64-linux.
       hostPlatform ? null,
+      # This case's own settings.
+      settings ? { },
     }:
     import ./eval.nix {
       inherit lib system;
@@ -37,6 +39,7 @@ let
             system.stateVersion = "26.05";
           }
         )
+        settings
       ]
       ++ extraModules;
     };
@@ -83,6 +86,7 @@ let
     netbootMinimal.withNetbootMinimal = true;
     aarch64.system = "aarch64-linux";
     crossAarch64.hostPlatform = "aarch64-linux";
+    initramfsOnTmpfs.settings.nixosKexec.initramfsOnRamfs = false;
   };
 in
 lib.mapAttrs (_: args: facts (eval args)) cases

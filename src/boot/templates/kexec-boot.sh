@@ -79,16 +79,6 @@ if [ -r /proc/sys/kernel/kexec_load_disabled ] &&
   die "kexec is disabled on this machine (/proc/sys/kernel/kexec_load_disabled is 1 and stays so until reboot): reboot and make sure nothing sets the sysctl kernel.kexec_load_disabled"
 fi
 
-# The new kernel unpacks the initrd into a tmpfs, which may use half the
-# memory left after the initrd; the system needs room to run besides.
-mib=1048576
-need_mib=$(((initrd_bytes + 2 * unpacked_bytes) / mib + 256))
-total_kib=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
-have_mib=$((total_kib / 1024))
-if [ "$have_mib" -lt "$need_mib" ]; then
-  die "not enough memory: this image needs about $need_mib MiB of RAM (a $((initrd_bytes / mib)) MiB initrd that unpacks to $((unpacked_bytes / mib)) MiB), this machine has $have_mib MiB; use a smaller system or a machine with more RAM"
-fi
-
 for f in bzImage initrd.gz; do
   [ -r "$here/$f" ] || die "$here/$f is missing: keep kexec-boot, bzImage and initrd.gz together"
 done
@@ -109,6 +99,45 @@ fi
 machine=$(uname -m)
 if [ -n "$kernel_arch" ] && [ "$kernel_arch" != "$machine" ]; then
   die "this tree boots an $kernel_arch kernel, and this machine is $machine (uname -m): use the tree or tarball built for $machine-linux"
+fi
+
+# --- Memory ------------------------------------------------------------------
+# The model measured by scripts/memory-bench.py (README, "Memory"), in MiB of
+# MemTotal:
+# - The new kernel keeps initrd.gz in memory while it unpacks it into its
+#   rootfs. A tmpfs rootfs may fill only half the memory left beside the
+#   initrd: initrd + 2 x unpacked. With rootfstype=ramfs on the command
+#   line there is no cap: initrd + unpacked. Plus 48 for the kernel, stage 1
+#   and the carried files.
+# - kexec needs twice what it loads (the kernel at its in-memory size,
+#   from the header, and the initrd) to place it.
+# - This machine must have free, now, what kexec copies (twice while it
+#   loads): checked below, once the initrd is assembled.
+mib=1048576
+case " $params " in
+  *" rootfstype=ramfs "*) rootfs=ramfs copies=1 ;;
+  *) rootfs=tmpfs copies=2 ;;
+esac
+le32() { # FILE OFFSET: the little-endian 32-bit number at OFFSET in FILE
+  od -An -tu4 -j"$2" -N4 "$1" 2>/dev/null | tr -d ' '
+}
+case $kernel_arch in
+  x86_64) kernel_mem=$(le32 "$here/bzImage" 608) ;; # init_size
+  aarch64) kernel_mem=$(le32 "$here/bzImage" 16) ;; # image_size
+  *) kernel_mem= ;;
+esac
+[ "${kernel_mem:-0}" -gt 0 ] 2>/dev/null || kernel_mem=$((64 * mib))
+new_mib=$(((initrd_bytes + copies * unpacked_bytes) / mib + 48))
+load_mib=$((2 * (kernel_mem + initrd_bytes) / mib + 16))
+need_mib=$((new_mib > load_mib ? new_mib : load_mib))
+have_mib=$(($(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) / 1024))
+if [ "$have_mib" -lt "$need_mib" ]; then
+  if [ "$rootfs" = tmpfs ]; then
+    lower="rootfstype=ramfs on the kernel command line (nixosKexec.initramfsOnRamfs) would lower it to $(((initrd_bytes + unpacked_bytes) / mib + 48)) MiB; so would a smaller system"
+  else
+    lower="a smaller system would lower it"
+  fi
+  die "not enough memory: this image needs $need_mib MiB of RAM and this machine has $have_mib MiB. The new kernel holds the $((initrd_bytes / mib)) MiB initrd while it unpacks $((unpacked_bytes / mib)) MiB from it into a $rootfs; $lower. Nothing was loaded."
 fi
 
 # --- A place on disk for the initrd with the carried files -----------------
@@ -451,6 +480,14 @@ got=$(($(wc -c <"$initrd")))
 [ "$got" = "$want" ] ||
   die "could write only $got of the $want bytes of $initrd: $work_parent is full (or, in RAM, the memory ran out); free space there or set TMPDIR to a disk with $((want / mib + 1)) MiB free"
 rm -f "$work/carried.cpio"
+
+# What kexec copies into memory, twice while it loads (kexec_load: its own
+# buffer and the kernel's; kexec_file_load: the kernel's read buffer and the
+# segments), must be free now; a file in RAM above is already counted.
+copy_mib=$((2 * ($(wc -c <"$here/bzImage") + want) / mib + 16))
+avail_mib=$(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) / 1024))
+[ "$avail_mib" -ge "$copy_mib" ] ||
+  die "not enough free memory to load the new kernel: kexec needs $copy_mib MiB free for the kernel and the $((want / mib)) MiB initrd, and this machine has $avail_mib MiB available (MemAvailable); stop services that hold memory, or boot it with less running. Nothing was loaded."
 
 # --- Load ------------------------------------------------------------------
 
