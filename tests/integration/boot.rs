@@ -432,8 +432,13 @@ fn kexec_hop_refused_when_kexec_is_disabled() {
 #[test]
 #[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_refused_without_enough_memory() {
+    // A small image: what binds is kexec placing the kernel and initrd.
     let log = hop("hop-small", false, 160);
     assert_refused(&log, "not enough memory: this image needs ");
+    assert_refused(
+        &log,
+        "kexec needs room twice over for the kernel (63 MiB in memory)",
+    );
 }
 
 /// The memory model, pinned at one row of README's table (128 MiB payload,

@@ -132,12 +132,18 @@ load_mib=$((2 * (kernel_mem + initrd_bytes) / mib + 16))
 need_mib=$((new_mib > load_mib ? new_mib : load_mib))
 have_mib=$(($(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) / 1024))
 if [ "$have_mib" -lt "$need_mib" ]; then
-  if [ "$rootfs" = tmpfs ]; then
-    lower="rootfstype=ramfs on the kernel command line (nixosKexec.initramfsOnRamfs) would lower it to $(((initrd_bytes + unpacked_bytes) / mib + 48)) MiB; so would a smaller system"
+  if [ "$new_mib" -ge "$load_mib" ]; then
+    why="the new kernel holds the $((initrd_bytes / mib)) MiB initrd while it unpacks $((unpacked_bytes / mib)) MiB from it into a $rootfs"
+  else
+    why="kexec needs room twice over for the kernel ($((kernel_mem / mib)) MiB in memory) and the $((initrd_bytes / mib)) MiB initrd to place them"
+  fi
+  ramfs_mib=$(((initrd_bytes + unpacked_bytes) / mib + 48))
+  if [ "$rootfs" = tmpfs ] && [ "$new_mib" -gt "$load_mib" ]; then
+    lower="rootfstype=ramfs on the kernel command line (nixosKexec.initramfsOnRamfs) would lower it to $((ramfs_mib > load_mib ? ramfs_mib : load_mib)) MiB; so would a smaller system"
   else
     lower="a smaller system would lower it"
   fi
-  die "not enough memory: this image needs $need_mib MiB of RAM and this machine has $have_mib MiB. The new kernel holds the $((initrd_bytes / mib)) MiB initrd while it unpacks $((unpacked_bytes / mib)) MiB from it into a $rootfs; $lower. Nothing was loaded."
+  die "not enough memory: this image needs $need_mib MiB of RAM and this machine has $have_mib MiB: $why; $lower. Nothing was loaded."
 fi
 
 # --- A place on disk for the initrd with the carried files -----------------
