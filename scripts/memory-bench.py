@@ -98,8 +98,10 @@ def outcome(text, hop):
     """What a boot's serial log says happened (`hop`: a host ran first)."""
     if MARKER in text and "HOST-STAYED-UP" not in text:
         return "boots"
-    if hop and "HOST-UP" not in text:
-        return "the host itself did not boot"
+    if hop:
+        up = text.find("HOST-UP")
+        if up < 0 or "Initramfs unpacking failed" in text[:up] or "HOST-STAYED-UP rc=127" in text:
+            return "the host itself did not boot"
     said = [line[len("kexec-boot: "):] for line in text.splitlines()
             if line.startswith("kexec-boot: ") and not line.startswith("kexec-boot: warning")]
     failed = [line for line in said if "failed" in line]

@@ -91,9 +91,9 @@ fn aarch64_tree_built_on_x86_64_boots() {
 
 /// The arm64 host's initrd: busybox, Debian's arm64 kexec and the
 /// libraries it loads, tests/fixture/host-init, the tarball unpacked at /.
-fn host_initrd(tarball: &Utf8Path) -> Utf8PathBuf {
+fn host_initrd(name: &str, tarball: &Utf8Path) -> Utf8PathBuf {
     let a = arm64();
-    let dir = work_dir("host-arm64");
+    let dir = work_dir(&format!("host-{name}"));
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("etc")).expect("mkdir");
     sh(&format!(
@@ -121,7 +121,7 @@ fn hop(name: &str, mem_mib: u32, payload_mib: u32, host_params: &str) -> String 
         Arch::Aarch64,
         name,
         &arm64().join("Image"),
-        &host_initrd(&tarball),
+        &host_initrd(name, &tarball),
         &format!("console=ttyAMA0 panic=-1 quiet {host_params}"),
         mem_mib,
         &[],
