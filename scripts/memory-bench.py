@@ -1,35 +1,38 @@
 #!/usr/bin/env python3
 """Measure the RAM a kexec image needs, with a real kernel: a benchmark, not a test.
 
-For images of several sizes (the test fixture plus an incompressible payload
-of --sizes MiB), and each initrd compression of --compressions, it finds by
-bisection the smallest `qemu -m` (MiB, to --precision) at which
-  direct  the tree boots directly (QEMU loads kernel and initrd) to the
-          fixture's marker, and
-  hop     the kexec hop boots to the marker: a busybox "foreign host" VM runs
-          nixos-kexec from the unpacked tarball, with kexec-boot's own
-          memory check taken out so that the kernels decide; once with
-          kexec_file_load and once with kexec_load (a wrapper refuses
-          --kexec-file-syscall, so kexec-boot falls back as it does on such
-          kernels). Two hosts (--hosts): `disk`, a rented server's shape,
-          the tarball unpacked on an ext4 virtio disk and TMPDIR there; and
-          `ram`, a rescue system's shape, everything in the initramfs,
-and, per host, `asks`: the smallest -m at which the real kexec-boot goes
-ahead (its checks intact), with what happens there: the boot must reach the
-marker, or a later check must refuse with the host still up — never a lost
-machine. For each minimum it also prints why the boot one step below failed.
-QEMU runs under TCG with Debian's kernel (.cache/kernel), as the boot tests
-do; --jobs VMs at a time.
+For each image of --rows (the test fixture plus an incompressible payload of
+SIZE MiB, an initrd compression, and the new kernel's rootfs: a tmpfs, or a
+ramfs with rootfstype=ramfs on its command line) it finds, for each of
+--columns, the smallest `qemu -m` (MiB, to --precision; from a first guess
+outwards, then by bisection):
+  direct      the tree boots directly (QEMU loads kernel and initrd) to the
+              fixture's marker;
+  HOST MODE   the kexec hop boots to the marker: a busybox "foreign host" VM
+              runs nixos-kexec from the unpacked tarball, with kexec-boot's
+              memory checks taken out so that the kernels decide. MODE
+              `file` is kexec_file_load, `load` kexec_load (a wrapper refuses
+              --kexec-file-syscall, so kexec-boot falls back as it does on
+              such kernels). HOST `disk` is a rented server's shape: the
+              tarball on an ext4 virtio disk, TMPDIR there
+              (tests/fixture/host-init-disk); `ram` a rescue system's: all in
+              the initramfs (tests/fixture/host-init);
+  HOST asks   the smallest -m at which the real kexec-boot (checks intact)
+              goes ahead, with what then happens: the boot must reach the
+              marker, or a later check refuse with the host up; never a
+              lost machine.
+For each minimum it also prints why the boot one step below failed. QEMU
+runs under TCG with Debian's kernel (.cache/kernel), as the boot tests do,
+--jobs VMs at a time.
 
-  scripts/memory-bench.py --sizes 0,128 --compressions zstd,none --hosts disk
+  scripts/memory-bench.py --rows "0,128:zstd:tmpfs,ramfs" --columns "direct,disk file,disk asks"
 
-Needs what scripts/setup.sh installs; takes minutes per row (an hour or more
-for the whole matrix).
+Needs what scripts/setup.sh installs; minutes per row, about an hour for the
+default matrix (README, "Memory").
 """
 
 import argparse
 import concurrent.futures
-import json
 import os
 import re
 import shutil
