@@ -231,9 +231,9 @@ def main():
                     help="images: space-separated SIZES:COMPRESSIONS:ROOTFS, each a comma "
                          "list (payload MiB; initrd compressions; the new kernel's rootfs, "
                          "tmpfs or ramfs = rootfstype=ramfs on its command line)")
-    ap.add_argument("--columns", default="direct,disk file,disk load,ram file,disk asks,ram asks",
+    ap.add_argument("--columns", default="direct,disk file,disk load,disk asks,ram asks",
                     help="direct; HOST MODE (hosts disk, ram; modes file, load); HOST asks")
-    ap.add_argument("--precision", type=int, default=8, help="MiB")
+    ap.add_argument("--precision", type=int, default=16, help="MiB")
     ap.add_argument("--max", type=int, default=6144, help="largest -m tried, MiB")
     ap.add_argument("--jobs", type=int, default=2, help="VMs at a time")
     ap.add_argument("--work", default=os.path.join(ROOT, "target/memory-bench"))
