@@ -112,6 +112,69 @@ impl Codec {
 }
 
 /// A result backhand will store uncompressed: longer than the input.
+/// The codec a [`FilesystemCompressor`] made by [`Codec::new`] stands for:
+/// what [`MkCompressor`] reads back from the settings backhand hands it.
+fn from_fs(fs: FilesystemCompressor, block_size: u32) -> Option<Codec> {
+    use backhand::compression::CompressionOptions as O;
+    let (compression, level) = match (fs.id(), fs.compression_options()) {
+        (Compressor::Zstd, Some(O::Zstd(z))) => (SquashfsCompression::Zstd, z.compression_level),
+        (Compressor::Xz, Some(O::Xz(_))) => (SquashfsCompression::Xz, fs.xz_level()?),
+        (Compressor::Gzip, Some(O::Gzip(g))) => (SquashfsCompression::Gzip, g.compression_level),
+        (Compressor::Lz4, Some(O::Lz4(_))) => (SquashfsCompression::Lz4, 0),
+        (Compressor::Gzip, None) => (SquashfsCompression::None, 0),
+        _ => return None,
+    };
+    Some(Codec {
+        compression,
+        level,
+        block_size,
+        fs,
+    })
+}
+
+/// The [`CompressionAction`] backhand compresses every block with:
+/// [`Codec::compress`] of the codec its settings stand for. It holds
+/// nothing, so one static serves every image (backhand wants it `'static`)
+/// and backhand may call it from its worker threads.
+pub struct MkCompressor;
+
+impl CompressionAction for MkCompressor {
+    type Error = BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = backhand::SuperBlock;
+
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        c: Compressor,
+    ) -> Result<(), BackhandError> {
+        DefaultCompressor.decompress(bytes, out, c)
+    }
+
+    fn compress(
+        &self,
+        bytes: &[u8],
+        fs: FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, BackhandError> {
+        match from_fs(fs, block_size) {
+            Some(codec) => codec.compress(bytes),
+            None => DefaultCompressor.compress(bytes, fs, block_size),
+        }
+    }
+
+    fn compression_options(
+        &self,
+        sb: &mut backhand::SuperBlock,
+        kind: &backhand::kind::Kind,
+        fs: FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, BackhandError> {
+        DefaultCompressor.compression_options(sb, kind, fs)
+    }
+}
+
 pub fn give_up(bytes: &[u8]) -> Vec<u8> {
     vec![0; bytes.len() + 1]
 }

@@ -10,7 +10,8 @@
 //!
 //! Every inode is owned by 0:0 with mtime 1; file modes are kept; symlinks are
 //! stored, never followed; identical files are stored once. Writing is done by
-//! backhand; [`blocks`] compresses the blocks for it, in parallel.
+//! backhand (vendor/backhand: its writer compresses blocks on `jobs` threads)
+//! with [`codec::MkCompressor`].
 //! Spec: <https://dr-emann.github.io/squashfs/>
 
 use std::fs::File;
@@ -24,11 +25,9 @@ use backhand::kind::Kind;
 use backhand::{FilesystemWriter, NodeHeader};
 use camino::Utf8Path;
 
-mod blocks;
 mod codec;
 
-use blocks::{Pipeline, Source};
-
+use codec::MkCompressor;
 pub use codec::{Codec, DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
 use crate::nix::closure::Closure;
@@ -99,8 +98,6 @@ struct Walker {
     fs: FilesystemWriter<'static, 'static, 'static>,
     counters: Arc<Counters>,
     stats: Stats,
-    /// Each file's place in the image and its source, for the pipeline.
-    sources: Vec<(PathBuf, Source)>,
 }
 
 fn header(perm: u32) -> NodeHeader {
@@ -131,8 +128,6 @@ impl Walker {
                 counters: Arc::clone(&self.counters),
             };
             self.fs.push_file(reader, dest, h).with_context(ctx)?;
-            self.sources
-                .push((dest.to_owned(), Source::Path(src.to_owned())));
             self.stats.files += 1;
             self.stats.bytes += size;
         } else if ft.is_dir() {
@@ -169,7 +164,7 @@ impl Walker {
 pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Options) -> Result<()> {
     closure.check_present(root)?;
 
-    let registration = Arc::new(closure.registration().into_bytes());
+    let registration = closure.registration().into_bytes();
 
     let counters = Arc::new(Counters::default());
     let mut fs = FilesystemWriter::default();
@@ -186,34 +181,19 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
         fs,
         counters: Arc::clone(&counters),
         stats: Stats::default(),
-        sources: vec![],
     };
 
     let reg_name = Path::new("nix-path-registration");
-    w.fs.push_file(
-        io::Cursor::new(registration.to_vec()),
-        reg_name,
-        header(0o644),
-    )
-    .context("cannot add nix-path-registration")?;
-    w.sources
-        .push((reg_name.to_owned(), Source::Bytes(registration)));
+    w.fs.push_file(io::Cursor::new(registration), reg_name, header(0o644))
+        .context("cannot add nix-path-registration")?;
     for info in &closure.paths {
         let src = closure.source(root, &info.path);
         w.add(src.as_std_path(), Path::new(info.path.base_name()))?;
     }
-    let Walker {
-        mut fs,
-        stats,
-        mut sources,
-        ..
-    } = w;
+    let Walker { mut fs, stats, .. } = w;
 
-    // backhand writes files in the order of their paths in the image.
-    sources.sort_by(|a, b| a.0.cmp(&b.0));
-    let sources = sources.into_iter().map(|(_, s)| s).collect();
-    let pipeline = Pipeline::start(opts.codec, opts.jobs, sources, Arc::clone(&counters));
-    fs.set_kind(Kind::new_v4(pipeline.compressor));
+    fs.set_kind(Kind::new_v4(&MkCompressor));
+    fs.set_jobs(opts.jobs as usize);
 
     let mut out = AtomicFile::create(output)?;
     let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
@@ -225,14 +205,12 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
     out.truncate(len)?;
     drop(progress);
     drop(fs);
-    let (hits, misses) = pipeline.hits_misses();
-    drop(pipeline);
     out.commit()?;
     if !opts.quiet {
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         eprintln!(
             "squashfs: {} store paths, {} files, {} → {} \
-             ({hits} blocks compressed ahead, {misses} in line)",
+",
             closure.paths.len(),
             stats.files,
             mib(stats.bytes),

@@ -1,8 +1,10 @@
 //! File Data
 
 use no_std_io2::io::{Read, Seek, SeekFrom, Write};
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Condvar, Mutex};
 
 use deku::prelude::*;
 use solana_nohash_hasher::IntMap;
@@ -14,6 +16,7 @@ use crate::v4::fragment::Fragment;
 use crate::v4::reader::WriteSeek;
 
 use crate::v4::filesystem::reader::SquashfsRawData;
+use crate::SquashfsFileWriter;
 
 // bitflag for data size field in inode for signifying that the data is uncompressed
 const DATA_STORED_UNCOMPRESSED: u32 = 1 << 24;
@@ -106,6 +109,63 @@ impl<R: std::io::Read> DataWriterChunkReader<R> {
     }
 }
 
+/// What the parallel path has queued for writing, in image order.
+/// (nixos-kexec patch)
+enum Item {
+    /// An empty file: no data, its `blocks_start` where the writer is.
+    Empty(usize),
+    /// The blocks of one file follow.
+    Start,
+    /// A block of zeros, stored as a hole.
+    Hole,
+    /// A data block, compressed by job `seq`.
+    Block(u64),
+    /// The file ends: deduplicate it now that its hash is known.
+    End { index: usize, len: usize, hash: u128, sparse: u64 },
+    /// A full fragment block, compressed by job `seq`.
+    Fragments(u64),
+}
+
+/// The compression jobs' results: (the block, its compressed form).
+#[allow(clippy::type_complexity)]
+struct Done {
+    results: Mutex<HashMap<u64, (Vec<u8>, Result<Vec<u8>, BackhandError>)>>,
+    ready: Condvar,
+}
+
+struct Pipe {
+    tx: SyncSender<(u64, Vec<u8>)>,
+    queue: VecDeque<Item>,
+    seq: u64,
+    /// Compression jobs submitted and not yet written.
+    in_flight: usize,
+    window: usize,
+    /// Fragment blocks submitted so far: the next one's index.
+    frags: u32,
+}
+
+impl Pipe {
+    fn submit(&mut self, block: Vec<u8>, item: fn(u64) -> Item) -> Result<(), BackhandError> {
+        let seq = self.seq;
+        self.seq += 1;
+        self.tx.send((seq, block)).map_err(|_| BackhandError::MutexPoisoned)?;
+        self.queue.push_back(item(seq));
+        self.in_flight += 1;
+        Ok(())
+    }
+}
+
+/// Write `raw` compressed, or as is when compression did not shrink it.
+fn store<W: Write>(writer: &mut W, raw: &[u8], compressed: Vec<u8>) -> Result<DataSize, BackhandError> {
+    Ok(if compressed.len() > raw.len() {
+        writer.write_all(raw)?;
+        DataSize::new_uncompressed(raw.len() as u32)
+    } else {
+        writer.write_all(&compressed)?;
+        DataSize::new_compressed(compressed.len() as u32)
+    })
+}
+
 pub(crate) struct DataWriter<'a> {
     compressor: &'a (
             dyn crate::traits::CompressionAction<
@@ -124,6 +184,8 @@ pub(crate) struct DataWriter<'a> {
     /// Un-written fragment_bytes
     pub(crate) fragment_bytes: Vec<u8>,
     pub(crate) fragment_table: Vec<Fragment>,
+    /// The parallel path's file being written: blocks_start, block sizes.
+    current: (u64, Vec<DataSize>),
 }
 
 impl<'a> DataWriter<'a> {
@@ -148,6 +210,7 @@ impl<'a> DataWriter<'a> {
             dup_cache: no_duplicate_files.then_some(HashMap::default()),
             fragment_bytes: Vec::with_capacity(block_size as usize),
             fragment_table: vec![],
+            current: (0, vec![]),
         }
     }
 
@@ -338,6 +401,244 @@ impl<'a> DataWriter<'a> {
             }
             Entry::Vacant(entry) => Ok(entry.insert(added).clone()),
         }
+    }
+
+    /// Add `files` in order, their blocks compressed on `jobs` threads, and
+    /// make each a [`SquashfsFileWriter::Consumed`]. (nixos-kexec patch,
+    /// backhand issue 279.)
+    ///
+    /// The image is the one [`Self::add_bytes`] writes file by file: the same
+    /// bytes in the same places, whatever `jobs` is. Reading, fragment
+    /// packing, deduplication and writing stay on this thread, in order;
+    /// only the compression of full blocks and fragment blocks runs ahead,
+    /// at most a window of blocks, on scoped worker threads. `files` must not
+    /// hold a [`SquashfsFileWriter::SquashfsFile`] (its copy path writes
+    /// directly).
+    pub(crate) fn add_files_parallel<W: WriteSeek>(
+        &mut self,
+        files: &mut [&mut SquashfsFileWriter<'_, '_, '_>],
+        mut writer: W,
+        jobs: usize,
+    ) -> Result<(), BackhandError> {
+        let mut out: Vec<Option<(usize, Added)>> = vec![None; files.len()];
+        let done = Done { results: Mutex::new(HashMap::new()), ready: Condvar::new() };
+        let (compressor, fc, block_size) = (self.compressor, self.fs_compressor, self.block_size);
+        let window = 4 * jobs + 4;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2 * jobs);
+        let rx = Mutex::new(rx);
+        std::thread::scope(|scope| -> Result<(), BackhandError> {
+            for _ in 0..jobs {
+                let (rx, done) = (&rx, &done);
+                scope.spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((seq, raw)) = job else { return };
+                    let compressed = compressor.compress(&raw, fc, block_size);
+                    let Ok(mut results) = done.results.lock() else { return };
+                    results.insert(seq, (raw, compressed));
+                    done.ready.notify_all();
+                });
+            }
+            let frags = self.fragment_table.len() as u32;
+            let mut p = Pipe { tx, queue: VecDeque::new(), seq: 0, in_flight: 0, window, frags };
+            let result = self.read_files(files, &mut p, &done, &mut writer, &mut out);
+            // Workers end when the channel closes, also on an error.
+            drop(p.tx);
+            result?;
+            self.drain(&mut p.queue, &done, &mut writer, &mut out, usize::MAX)?;
+            p.in_flight = 0;
+            Ok(())
+        })?;
+        for (file, added) in files.iter_mut().zip(out) {
+            let (len, added) = added.expect("every file was written");
+            **file = SquashfsFileWriter::Consumed(len, added);
+        }
+        Ok(())
+    }
+
+    fn read_files<W: WriteSeek>(
+        &mut self,
+        files: &mut [&mut SquashfsFileWriter<'_, '_, '_>],
+        p: &mut Pipe,
+        done: &Done,
+        writer: &mut W,
+        out: &mut [Option<(usize, Added)>],
+    ) -> Result<(), BackhandError> {
+        for (index, file) in files.iter_mut().enumerate() {
+            match &mut **file {
+                SquashfsFileWriter::UserDefined(file) => {
+                    let file = Arc::clone(file);
+                    let mut file = file.lock().map_err(|_| BackhandError::MutexPoisoned)?;
+                    self.read_file(&mut *file, index, p, done, writer, out)?;
+                }
+                SquashfsFileWriter::LazyFile(lazy) => {
+                    let mut reader = lazy.open()?;
+                    self.read_file(&mut reader, index, p, done, writer, out)?;
+                }
+                SquashfsFileWriter::SquashfsFile(_) | SquashfsFileWriter::Consumed(..) => {
+                    unreachable!("add_files_parallel takes files to read")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One file, as [`Self::add_bytes`] adds it, with its blocks queued.
+    fn read_file<W: WriteSeek>(
+        &mut self,
+        reader: impl Read,
+        index: usize,
+        p: &mut Pipe,
+        done: &Done,
+        writer: &mut W,
+        out: &mut [Option<(usize, Added)>],
+    ) -> Result<(), BackhandError> {
+        let mut chunk_reader = DataWriterChunkReader {
+            chunk: vec![0u8; self.block_size as usize],
+            file_len: 0,
+            reader,
+        };
+        let chunk = chunk_reader.read_chunk()?;
+        if chunk.is_empty() {
+            p.queue.push_back(Item::Empty(index));
+            return Ok(());
+        }
+        if chunk.len() != self.block_size as usize {
+            let len = chunk.len();
+            let digest = xxhash_rust::xxh3::xxh3_128(chunk);
+            if let Some(original) = self
+                .dup_cache
+                .as_ref()
+                .and_then(|c| c.get(&(len as u64)))
+                .and_then(|m| m.get(&digest))
+            {
+                out[index] = Some(original.clone());
+                return Ok(());
+            }
+            if len + self.fragment_bytes.len() > self.block_size as usize {
+                let full = std::mem::replace(
+                    &mut self.fragment_bytes,
+                    Vec::with_capacity(self.block_size as usize),
+                );
+                p.submit(full, Item::Fragments)?;
+                p.frags += 1;
+            }
+            let frag_index = p.frags;
+            let block_offset = self.fragment_bytes.len() as u32;
+            self.fragment_bytes.extend_from_slice(chunk);
+            let added = (len, Added::Fragment { frag_index, block_offset });
+            if let Some(dup_cache) = &mut self.dup_cache {
+                dup_cache.entry(len as u64).or_default().insert(digest, added.clone());
+            }
+            out[index] = Some(added);
+            return self.pump(p, done, writer, out);
+        }
+        p.queue.push_back(Item::Start);
+        let mut hasher = Xxh3::new();
+        let mut sparse = 0;
+        let mut chunk = chunk.to_vec();
+        while !chunk.is_empty() {
+            hasher.update(&chunk);
+            if chunk.iter().all(|byte| *byte == 0) {
+                sparse += chunk.len() as u64;
+                p.queue.push_back(Item::Hole);
+            } else {
+                p.submit(chunk, Item::Block)?;
+            }
+            self.pump(p, done, writer, out)?;
+            chunk = chunk_reader.read_chunk()?.to_vec();
+        }
+        p.queue.push_back(Item::End {
+            index,
+            len: chunk_reader.file_len,
+            hash: hasher.digest128(),
+            sparse,
+        });
+        Ok(())
+    }
+
+    /// Write what is ready, and wait until at most a window of blocks is in flight.
+    fn pump<W: WriteSeek>(
+        &mut self,
+        p: &mut Pipe,
+        done: &Done,
+        writer: &mut W,
+        out: &mut [Option<(usize, Added)>],
+    ) -> Result<(), BackhandError> {
+        let over = p.in_flight.saturating_sub(p.window);
+        p.in_flight -= self.drain(&mut p.queue, done, writer, out, over)?;
+        Ok(())
+    }
+
+    /// Write the queue's head in order: everything whose compression is
+    /// done, and at least `at_least` compressed blocks (waiting for them).
+    /// Returns the number of compressed blocks written.
+    fn drain<W: WriteSeek>(
+        &mut self,
+        queue: &mut VecDeque<Item>,
+        done: &Done,
+        writer: &mut W,
+        out: &mut [Option<(usize, Added)>],
+        at_least: usize,
+    ) -> Result<usize, BackhandError> {
+        let mut written = 0;
+        while let Some(item) = queue.front() {
+            let compressed = match *item {
+                Item::Block(seq) | Item::Fragments(seq) => {
+                    let mut results = done.results.lock().map_err(|_| BackhandError::MutexPoisoned)?;
+                    loop {
+                        if let Some(r) = results.remove(&seq) {
+                            break Some(r);
+                        }
+                        if written >= at_least {
+                            return Ok(written);
+                        }
+                        results = done.ready.wait(results).map_err(|_| BackhandError::MutexPoisoned)?;
+                    }
+                }
+                _ => None,
+            };
+            let Some(item) = queue.pop_front() else { break };
+            match (item, compressed) {
+                (Item::Empty(index), _) => {
+                    let blocks_start = writer.stream_position()?;
+                    out[index] = Some((0, Added::Data { blocks_start, block_sizes: vec![], sparse: 0 }));
+                }
+                (Item::Start, _) => {
+                    self.current = (writer.stream_position()?, vec![]);
+                }
+                (Item::Hole, _) => self.current.1.push(DataSize::hole()),
+                (Item::Block(_), Some((raw, compressed))) => {
+                    let size = store(writer, &raw, compressed?)?;
+                    self.current.1.push(size);
+                    written += 1;
+                }
+                (Item::Fragments(_), Some((raw, compressed))) => {
+                    let start = writer.stream_position()?;
+                    let size = store(writer, &raw, compressed?)?;
+                    self.fragment_table.push(Fragment::new(start, size, 0));
+                    written += 1;
+                }
+                (Item::End { index, len, hash, sparse }, _) => {
+                    let (blocks_start, block_sizes) = std::mem::take(&mut self.current);
+                    let added = (len, Added::Data { blocks_start, block_sizes, sparse });
+                    out[index] = Some(match &mut self.dup_cache {
+                        None => added,
+                        Some(dup_cache) => match dup_cache.entry(len as u64).or_default().entry(hash) {
+                            Entry::Occupied(original) => {
+                                writer.seek(SeekFrom::Start(blocks_start))?;
+                                original.get().clone()
+                            }
+                            Entry::Vacant(entry) => entry.insert(added).clone(),
+                        },
+                    });
+                }
+                (Item::Block(_) | Item::Fragments(_), None) => unreachable!(),
+            }
+        }
+        Ok(written)
     }
 
     /// Compress the fragments that were under length, write to data, add to fragment table, clear

@@ -82,6 +82,8 @@ pub struct FilesystemWriter<'a, 'b, 'c> {
     /// Superblock Flag to remove duplicate flags
     pub(crate) no_duplicate_files: bool,
     pub(crate) emit_compression_options: bool,
+    /// Threads compressing data blocks (nixos-kexec patch)
+    pub(crate) jobs: usize,
 }
 
 impl Default for FilesystemWriter<'_, '_, '_> {
@@ -102,6 +104,7 @@ impl Default for FilesystemWriter<'_, '_, '_> {
             pad_len: DEFAULT_PAD_LEN,
             no_duplicate_files: true,
             emit_compression_options: true,
+            jobs: 1,
         }
     }
 }
@@ -206,6 +209,13 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
     }
 
     /// Set if compression options are written
+    /// Compress data blocks on `jobs` threads (1, the default: on the
+    /// writing thread). The image is the same for any number.
+    /// (nixos-kexec patch)
+    pub fn set_jobs(&mut self, jobs: usize) {
+        self.jobs = jobs.max(1);
+    }
+
     pub fn set_emit_compression_options(&mut self, value: bool) {
         self.emit_compression_options = value;
     }
@@ -246,6 +256,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
             root: Nodes { nodes: root },
             pad_len: DEFAULT_PAD_LEN,
             no_duplicate_files: reader.no_duplicate_files,
+            jobs: 1,
             emit_compression_options: true,
         })
     }
@@ -503,7 +514,7 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
         &mut self,
         compressor: FilesystemCompressor,
         block_size: u32,
-        mut writer: W,
+        writer: W,
         data_writer: &mut DataWriter<'b>,
     ) -> Result<(), BackhandError>
     where
@@ -513,6 +524,31 @@ impl<'a, 'b, 'c> FilesystemWriter<'a, 'b, 'c> {
             InnerNode::File(file) => Some(file),
             _ => None,
         });
+        // nixos-kexec patch: compress in parallel, unless a file is copied
+        // from another image (that path writes directly).
+        if self.jobs > 1 {
+            let mut files: Vec<_> = files.collect();
+            if !files.iter().any(|f| matches!(f, SquashfsFileWriter::SquashfsFile(_))) {
+                return data_writer.add_files_parallel(&mut files, writer, self.jobs);
+            }
+            return Self::write_data_one_by_one(files, compressor, block_size, writer, data_writer);
+        }
+        Self::write_data_one_by_one(files, compressor, block_size, writer, data_writer)
+    }
+
+    fn write_data_one_by_one<'f, W>(
+        files: impl IntoIterator<Item = &'f mut SquashfsFileWriter<'a, 'b, 'c>>,
+        compressor: FilesystemCompressor,
+        block_size: u32,
+        mut writer: W,
+        data_writer: &mut DataWriter<'b>,
+    ) -> Result<(), BackhandError>
+    where
+        W: WriteSeek,
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+    {
         for file in files {
             let (filesize, added) = match file {
                 SquashfsFileWriter::UserDefined(file) => {
@@ -1065,6 +1101,25 @@ impl FilesystemCompressor {
 
     /// Extra options that are *only* using during compression and are *not* stored in the
     /// resulting image
+    /// The compressor (nixos-kexec patch: read access, for a
+    /// [`crate::compression::CompressionAction`] that compresses by these settings)
+    pub fn id(&self) -> Compressor {
+        self.id
+    }
+
+    /// The compressor's options (nixos-kexec patch)
+    pub fn compression_options(&self) -> Option<CompressionOptions> {
+        self.options
+    }
+
+    /// The xz preset level set by [`ExtraXz::level`] (nixos-kexec patch)
+    pub fn xz_level(&self) -> Option<u32> {
+        match self.extra {
+            Some(CompressionExtra::Xz(xz)) => xz.level,
+            _ => None,
+        }
+    }
+
     pub fn extra(&mut self, extra: CompressionExtra) -> Result<(), BackhandError> {
         if matches!(extra, CompressionExtra::Xz(_)) && matches!(self.id, Compressor::Xz) {
             self.extra = Some(extra);
