@@ -10,6 +10,9 @@ Builds a store-like tree from this machine's /usr (store paths named
 and prints wall time, CPU time, peak RSS and output size, each the median of
 --runs runs, with the ratios ours/theirs. Also the compression limit: the
 CPU time zstd -19 alone needs for the input (1 MiB window) divided by the cores.
+With --baseline BIN (another build of mkkexec, e.g. main's), the squashfs and
+tree cases also time BIN, the runs of the three taking turns, and print ours
+against it.
 
   scripts/bench.py --sizes 512,1024 --runs 3
 """
@@ -92,8 +95,16 @@ def timed(cmd, out):
 
 
 def median_run(cmd, out, runs):
-    results = [timed(cmd, out) for _ in range(runs)]
-    return tuple(statistics.median(r[i] for r in results) for i in range(4))
+    return median_runs([(cmd, out)], runs)[0]
+
+
+def median_runs(cases, runs):
+    """Each (cmd, out) of cases, runs times, taking turns; the medians."""
+    results = [[] for _ in cases]
+    for _ in range(runs):
+        for r, (cmd, out) in zip(results, cases):
+            r.append(timed(cmd, out))
+    return [tuple(statistics.median(x[i] for x in r) for i in range(4)) for r in results]
 
 
 def main():
@@ -102,6 +113,7 @@ def main():
     ap.add_argument("--runs", type=int, default=1, help="runs per measurement; the median is shown")
     ap.add_argument("--work", default=os.path.join(ROOT, "target/bench"), help="scratch directory")
     ap.add_argument("--only", default="", help="comma-separated subset: zstd,xz,initrd,tree,limit")
+    ap.add_argument("--baseline", help="another mkkexec binary to time beside this build")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
     want = lambda k: not only or k in only
@@ -118,7 +130,18 @@ def main():
         kernel = "/bin/busybox"  # any file stands in for the kernel here
 
     mk_flags = "-no-hardlinks -keep-as-directory -all-root -b 1048576 -root-mode 0755 -quiet -no-progress"
-    rows = []
+    rows, against = [], []
+
+    def compare(name, ours, theirs, out):
+        """ours (a command with {bin} and {out}) against theirs, and the baseline."""
+        cases = [(ours.format(bin=mkkexec, out=out("ours")), out("ours")), (theirs, out("ref"))]
+        if args.baseline:
+            cases.append((ours.format(bin=args.baseline, out=out("base")), out("base")))
+        r = median_runs(cases, args.runs)
+        rows.append((name, r[0], r[1]))
+        if args.baseline:
+            against.append((name, r[0], r[2]))
+
     for size in [int(s) for s in args.sizes.split(",")]:
         d = os.path.join(args.work, f"input-{size}")
         store, reg = make_input(d, size)
@@ -127,15 +150,15 @@ def main():
         # make-squashfs.nix puts the registration beside the store paths.
         shutil.copy(reg, o("nix-path-registration"))
         mksq = f"mksquashfs {o('nix-path-registration')} {paths} {{out}} {mk_flags} -processors {cores}"
-        ours_sq = f"{mkkexec} -q squashfs --closure {reg} --root {d} -o {{out}}"
+        ours_sq = f"{{bin}} -q squashfs --closure {reg} --root {d} -o {{out}}"
         if want("zstd"):
-            a = median_run(ours_sq.format(out=o("ours.zstd")) + " --squashfs-compression zstd --squashfs-level 19", o("ours.zstd"), args.runs)
-            b = median_run(mksq.format(out=o("ref.zstd")) + " -comp zstd -Xcompression-level 19", o("ref.zstd"), args.runs)
-            rows.append((f"{size} MiB squashfs zstd-19", a, b))
+            compare(f"{size} MiB squashfs zstd-19",
+                    ours_sq + " --squashfs-compression zstd --squashfs-level 19",
+                    mksq.format(out=o("ref.zstd")) + " -comp zstd -Xcompression-level 19",
+                    lambda n: o(f"{n}.zstd"))
         if want("xz"):
-            a = median_run(ours_sq.format(out=o("ours.xz")) + " --squashfs-compression xz", o("ours.xz"), args.runs)
-            b = median_run(mksq.format(out=o("ref.xz")) + " -comp xz -Xdict-size 100%", o("ref.xz"), args.runs)
-            rows.append((f"{size} MiB squashfs xz", a, b))
+            compare(f"{size} MiB squashfs xz", ours_sq + " --squashfs-compression xz",
+                    mksq.format(out=o("ref.xz")) + " -comp xz -Xdict-size 100%", lambda n: o(f"{n}.xz"))
         if want("initrd"):
             img = o("ref.zstd")
             if not os.path.exists(img):
@@ -148,14 +171,14 @@ def main():
                            o("ref.initrd"), args.runs)
             rows.append((f"{size} MiB initrd zstd-19", a, b))
         if want("tree"):
-            a = median_run(f"{mkkexec} -q tree --closure {reg} --root {d} --toplevel /nix/store/{sorted(os.listdir(store))[0]} "
-                           f"--kernel {kernel} --prepend-initrd {stage1} -o {o('ours-tree')}", o("ours-tree"), args.runs)
             pipeline = (f"mkdir -p {o('ref-tree')}/in && " + mksq.format(out=o("ref-tree") + "/in/nix-store.squashfs")
                         + " -comp zstd -Xcompression-level 19 && "
                         f"(cat {stage1}; cd {o('ref-tree')}/in && find . | sort | cpio -o -H newc --quiet | zstd -19 -T0 -q) "
                         f"> {o('ref-tree')}/initrd.gz && rm -r {o('ref-tree')}/in && cp {kernel} {o('ref-tree')}/bzImage")
-            b = median_run(pipeline, o("ref-tree"), args.runs)
-            rows.append((f"{size} MiB tree (nixpkgs pipeline)", a, b))
+            compare(f"{size} MiB tree (nixpkgs pipeline)",
+                    f"{{bin}} -q tree --closure {reg} --root {d} --toplevel /nix/store/{sorted(os.listdir(store))[0]} "
+                    f"--kernel {kernel} --prepend-initrd {stage1} -o {{out}}",
+                    pipeline, lambda n: o(f"{n}-tree"))
         if want("limit"):
             r = timed(f"tar -C {d} -cf - nix | zstd -19 -T1 -q --zstd=wlog=20 > {o('limit.zst')}", o("limit.zst"))
             rows.append((f"{size} MiB limit: zstd-19 CPU / {cores} cores", (r[1] / cores, r[1], r[2], r[3]), None))
@@ -168,6 +191,13 @@ def main():
             continue
         print(f"| {name} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f} | {a[1]:.1f} | {b[1]:.1f} | {a[2]:.0f} | {b[2]:.0f} "
               f"| {a[2] / b[2]:.2f} | {a[3] / 1e6:.1f} | {b[3] / 1e6:.1f} | {a[3] / b[3]:.3f} |")
+    if against:
+        print(f"\nAgainst the baseline {args.baseline}:\n")
+        print("| case | ours wall s | baseline wall s | wall ratio | ours RSS MiB | baseline RSS MiB | RSS ratio | size ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, a, c in against:
+            print(f"| {name} | {a[0]:.1f} | {c[0]:.1f} | {a[0] / c[0]:.3f} | {a[2]:.0f} | {c[2]:.0f} "
+                  f"| {a[2] / c[2]:.3f} | {a[3] / c[3]:.4f} |")
 
 
 if __name__ == "__main__":

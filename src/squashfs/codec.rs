@@ -232,20 +232,22 @@ fn fs_compressor(
 }
 
 thread_local! {
-    // A zstd context at level 19 is tens of MiB: make one per thread, not per block.
-    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    // A zstd context at level 19 is tens of MiB: make one per thread and
+    // level (the fast probe's and the block's), not per block.
+    static ZSTD: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn zstd_compress(bytes: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     ZSTD.with(|z| {
         let mut z = z.borrow_mut();
-        if z.as_ref().is_none_or(|(l, _)| *l != level) {
-            *z = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match z.as_mut() {
-            Some((_, c)) => c.compress(bytes),
-            None => zstd::bulk::compress(bytes, level),
-        }
+        let i = match z.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                z.push((level, zstd::bulk::Compressor::new(level)?));
+                z.len() - 1
+            }
+        };
+        z[i].1.compress(bytes)
     })
 }
 

@@ -122,6 +122,8 @@ enum Item {
     Block(u64),
     /// The file ends: deduplicate it now that its hash is known.
     End { index: usize, len: usize, hash: u128, sparse: u64 },
+    /// A file held whole and found to be a duplicate of file `original`.
+    Duplicate { index: usize, original: usize },
     /// A full fragment block, compressed by job `seq`.
     Fragments(u64),
 }
@@ -142,9 +144,24 @@ struct Pipe {
     window: usize,
     /// Fragment blocks submitted so far: the next one's index.
     frags: u32,
+    /// The first file of each length and hash read, with blocks.
+    seen: HashMap<(usize, u128), usize>,
 }
 
+/// How much of a file is held to find out whether it is a duplicate.
+const HOLD: usize = 64 << 20;
+
 impl Pipe {
+    /// A data block: a hole, or compressed ahead.
+    fn block(&mut self, chunk: Vec<u8>) -> Result<(), BackhandError> {
+        if chunk.iter().all(|byte| *byte == 0) {
+            self.queue.push_back(Item::Hole);
+            Ok(())
+        } else {
+            self.submit(chunk, Item::Block)
+        }
+    }
+
     fn submit(&mut self, block: Vec<u8>, item: fn(u64) -> Item) -> Result<(), BackhandError> {
         let seq = self.seq;
         self.seq += 1;
@@ -442,7 +459,15 @@ impl<'a> DataWriter<'a> {
                 });
             }
             let frags = self.fragment_table.len() as u32;
-            let mut p = Pipe { tx, queue: VecDeque::new(), seq: 0, in_flight: 0, window, frags };
+            let mut p = Pipe {
+                tx,
+                queue: VecDeque::new(),
+                seq: 0,
+                in_flight: 0,
+                window,
+                frags,
+                seen: HashMap::new(),
+            };
             let result = self.read_files(files, &mut p, &done, &mut writer, &mut out);
             // Workers end when the channel closes, also on an error.
             drop(p.tx);
@@ -535,27 +560,51 @@ impl<'a> DataWriter<'a> {
             out[index] = Some(added);
             return self.pump(p, done, writer, out);
         }
-        p.queue.push_back(Item::Start);
+        // The blocks of a file up to HOLD bytes are held until its hash says
+        // whether it is a duplicate: one is then neither compressed nor
+        // written. A longer file is compressed and written as it is read,
+        // and sought back over at its end if it is one.
         let mut hasher = Xxh3::new();
         let mut sparse = 0;
+        let mut held = vec![];
+        let mut streaming = false;
         let mut chunk = chunk.to_vec();
         while !chunk.is_empty() {
             hasher.update(&chunk);
             if chunk.iter().all(|byte| *byte == 0) {
                 sparse += chunk.len() as u64;
-                p.queue.push_back(Item::Hole);
-            } else {
-                p.submit(chunk, Item::Block)?;
             }
-            self.pump(p, done, writer, out)?;
+            if streaming {
+                p.block(chunk)?;
+                self.pump(p, done, writer, out)?;
+            } else {
+                held.push(chunk);
+                if held.len() * self.block_size as usize > HOLD {
+                    streaming = true;
+                    p.queue.push_back(Item::Start);
+                    for chunk in held.drain(..) {
+                        p.block(chunk)?;
+                        self.pump(p, done, writer, out)?;
+                    }
+                }
+            }
             chunk = chunk_reader.read_chunk()?.to_vec();
         }
-        p.queue.push_back(Item::End {
-            index,
-            len: chunk_reader.file_len,
-            hash: hasher.digest128(),
-            sparse,
-        });
+        let (len, hash) = (chunk_reader.file_len, hasher.digest128());
+        if !streaming {
+            let original = self.dup_cache.as_ref().and_then(|_| p.seen.get(&(len, hash)));
+            if let Some(&original) = original {
+                p.queue.push_back(Item::Duplicate { index, original });
+                return Ok(());
+            }
+            p.queue.push_back(Item::Start);
+            for chunk in held {
+                p.block(chunk)?;
+                self.pump(p, done, writer, out)?;
+            }
+        }
+        p.seen.entry((len, hash)).or_insert(index);
+        p.queue.push_back(Item::End { index, len, hash, sparse });
         Ok(())
     }
 
@@ -635,6 +684,7 @@ impl<'a> DataWriter<'a> {
                         },
                     });
                 }
+                (Item::Duplicate { index, original }, _) => out[index] = out[original].clone(),
                 (Item::Block(_) | Item::Fragments(_), None) => unreachable!(),
             }
         }
