@@ -107,9 +107,9 @@ def outcome(text, hop):
             return "the host itself did not boot"
     said = [line[len("kexec-boot: "):] for line in text.splitlines()
             if line.startswith("kexec-boot: ") and not line.startswith("kexec-boot: warning")]
-    failed = [line for line in said if "failed" in line]
-    if "HOST-STAYED-UP" in text and failed and not any(
-            n in text for n in ("not enough memory", "could write only")):
+    failed = [line for line in said if "failed" in line] or said
+    if "HOST-STAYED-UP rc=1" in text and failed and not any(
+            n in text for n in ("not enough memory", "not enough free memory", "could write only")):
         return "refused: " + failed[-1][:70]
     for needle, what in [
         ("not enough free memory", "refused by kexec-boot's free-memory check"),

@@ -446,7 +446,7 @@ fn kexec_hop_refused_without_enough_memory() {
 /// measured minimum of the hop kexec-boot refuses, with the host up; at
 /// what it asks, the hop boots.
 const PIN_HOP_MIN: u32 = 448;
-const PIN_ASKS: u32 = 480;
+const PIN_ASKS: u32 = 464;
 
 fn pinned_hop(name: &str, mem_mib: u32) -> String {
     let tarball = tarball_with(&[

@@ -188,7 +188,7 @@ for d in ${TMPDIR:-} /var/tmp /root "$here" /tmp; do
   esac
 done
 if [ -z "$work_parent" ]; then
-  [ -n "$in_ram" ] || die "no directory with $((initrd_kib / 1024)) MiB free for the initrd with the carried files (tried \$TMPDIR, /var/tmp, /root, $here, /tmp): free some disk space"
+  [ -n "$in_ram" ] || die "no directory with $((initrd_kib / 1024)) MiB free for the initrd with the carried files (tried \$TMPDIR, /var/tmp, /root, $here, /tmp): free some disk space, or set TMPDIR to a disk with room (where they are all in RAM, as on a rescue system, the room is RAM). Nothing was loaded."
   work_parent=$in_ram
   say "warning: no disk with $((initrd_kib / 1024)) MiB free; the initrd is assembled in $in_ram, which is in RAM"
 fi

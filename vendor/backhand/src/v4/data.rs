@@ -146,6 +146,8 @@ struct Pipe {
     frags: u32,
     /// The first file of each length and hash read, with blocks.
     seen: HashMap<(usize, u128), usize>,
+    /// The block buffer files are read into.
+    buf: Vec<u8>,
 }
 
 /// How much of a file is held to find out whether it is a duplicate.
@@ -467,6 +469,7 @@ impl<'a> DataWriter<'a> {
                 window,
                 frags,
                 seen: HashMap::new(),
+                buf: vec![],
             };
             let result = self.read_files(files, &mut p, &done, &mut writer, &mut out);
             // Workers end when the channel closes, also on an error.
@@ -520,11 +523,24 @@ impl<'a> DataWriter<'a> {
         writer: &mut W,
         out: &mut [Option<(usize, Added)>],
     ) -> Result<(), BackhandError> {
-        let mut chunk_reader = DataWriterChunkReader {
-            chunk: vec![0u8; self.block_size as usize],
-            file_len: 0,
-            reader,
-        };
+        // One block buffer for every file: a store has many small ones.
+        let mut chunk = std::mem::take(&mut p.buf);
+        chunk.resize(self.block_size as usize, 0);
+        let mut chunk_reader = DataWriterChunkReader { chunk, file_len: 0, reader };
+        let result = self.read_chunks(&mut chunk_reader, index, p, done, writer, out);
+        p.buf = chunk_reader.chunk;
+        result
+    }
+
+    fn read_chunks<W: WriteSeek>(
+        &mut self,
+        chunk_reader: &mut DataWriterChunkReader<impl Read>,
+        index: usize,
+        p: &mut Pipe,
+        done: &Done,
+        writer: &mut W,
+        out: &mut [Option<(usize, Added)>],
+    ) -> Result<(), BackhandError> {
         let chunk = chunk_reader.read_chunk()?;
         if chunk.is_empty() {
             p.queue.push_back(Item::Empty(index));
