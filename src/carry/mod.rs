@@ -8,43 +8,29 @@
 //!
 //! ```text
 //! network/addrs.json      ip -json addr
+//! network/links.json      ip -json -details link (what each link is)
 //! network/routes-v4.json  ip -json -4 route
 //! network/routes-v6.json  ip -json -6 route
 //! network/resolv.conf     /etc/resolv.conf
+//! network/ipv6/<link>/    accept_ra, autoconf of /proc/sys/net/ipv6/conf/<link>
+//! network/leases/         the DHCP clients' lease files, as they were
 //! ssh/ssh_host_*_key(.pub), authorized_keys, machine-id, hostname, notes
 //! ```
 
+pub mod lease;
 pub mod network;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, bail};
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::output::write_file;
 
 /// Write the networkd units for the state in `state` (a carried
 /// `network/` directory) into `output`.
 pub fn write_network_units(state: &Utf8Path, output: &Utf8Path) -> Result<()> {
-    let read = |name: &str, required: bool| -> Result<String> {
-        let p = state.join(name);
-        match std::fs::read_to_string(&p) {
-            Ok(text) => Ok(text),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {p}")),
-        }
-    };
-    let (addrs, routes_v4, routes_v6, resolv_conf) = (
-        read("addrs.json", true)?,
-        read("routes-v4.json", false)?,
-        read("routes-v6.json", false)?,
-        read("resolv.conf", false)?,
-    );
-    let units = network::Units::from_state(&network::State {
-        addrs: &addrs,
-        routes_v4: &routes_v4,
-        routes_v6: &routes_v6,
-        resolv_conf: &resolv_conf,
-    })
-    .with_context(|| format!("in the network state {state}"))?;
+    let units = units_of(state)?;
     for w in &units.warnings {
         eprintln!("mkkexec: warning: {w}");
     }
@@ -57,4 +43,70 @@ pub fn write_network_units(state: &Utf8Path, output: &Utf8Path) -> Result<()> {
         eprintln!("mkkexec: wrote {}", output.join(name));
     }
     Ok(())
+}
+
+/// The units for a carried `network/` directory.
+fn units_of(state: &Utf8Path) -> Result<network::Units> {
+    let read = |name: &str, required: bool| -> Result<String> {
+        let p = state.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(text) => Ok(text),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {p}")),
+        }
+    };
+    let (addrs, routes_v4, routes_v6, resolv_conf, links) = (
+        read("addrs.json", true)?,
+        read("routes-v4.json", false)?,
+        read("routes-v6.json", false)?,
+        read("resolv.conf", false)?,
+        read("links.json", false)?,
+    );
+    let mut ipv6 = BTreeMap::new();
+    for (link, dir) in entries(&state.join("ipv6"))? {
+        let value = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        };
+        ipv6.insert(
+            link,
+            network::Ipv6Conf {
+                accept_ra: value("accept_ra"),
+                autoconf: value("autoconf"),
+            },
+        );
+    }
+    let mut leases = vec![];
+    for (_, file) in entries(&state.join("leases"))? {
+        // A lease file is text; one that is not is passed over by the parser.
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
+        leases.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    network::Units::from_state(&network::State {
+        addrs: &addrs,
+        routes_v4: &routes_v4,
+        routes_v6: &routes_v6,
+        resolv_conf: &resolv_conf,
+        links: &links,
+        ipv6,
+        leases,
+    })
+    .with_context(|| format!("in the network state {state}"))
+}
+
+/// The entries of `dir` (name, path), sorted; none if it does not exist.
+fn entries(dir: &Utf8Path) -> Result<Vec<(String, Utf8PathBuf)>> {
+    let list = match dir.read_dir_utf8() {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {dir}")),
+    };
+    let mut out = vec![];
+    for e in list {
+        let e = e.with_context(|| format!("cannot read {dir}"))?;
+        out.push((e.file_name().to_owned(), e.path().to_owned()));
+    }
+    out.sort();
+    Ok(out)
 }

@@ -1,18 +1,27 @@
-//! The old host's network, carried over the kexec: what `ip -json addr`,
-//! `ip -json -4 route` and `ip -json -6 route` printed there, and its
-//! `resolv.conf`, turned into systemd-networkd `.network` units, one per
-//! link, matched by MAC address (interface names may differ under the new
-//! kernel). Static addresses and routes are written out; where the old host
-//! used DHCP or router advertisements, the unit asks for them again rather
-//! than freezing a lease. Format: systemd.network(5).
+//! The old host's network, carried over the kexec, turned into
+//! systemd-networkd units (systemd.network(5), systemd.netdev(5)).
+//!
+//! kexec-boot copies facts, and this module interprets them: what
+//! `ip -json addr`, `ip -json -details link`, `ip -json -4/-6 route`
+//! printed there, each link's IPv6 sysctls, its `resolv.conf` and its DHCP
+//! client's lease files. The units rebuild the same topology: a physical
+//! link is matched by its MAC address (interface names may differ under the
+//! new kernel; a bond's port by its permanent MAC, since the bond gives it
+//! its own), and bonds, bridges and VLANs are made again by `.netdev` units
+//! under their old names and MAC addresses. Static addresses (with their
+//! peers) and routes are written out; where the old host used DHCP or router
+//! advertisements the unit asks for them again rather than freezing a lease,
+//! with the same client identity, so a dynamic pool gives the same address.
+//! What cannot be rebuilt is said, and its physical link asks DHCP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+
+use super::lease::{self, ClientId, Lease};
 
 /// One link of `ip -json addr`.
 #[derive(Debug, Deserialize)]
@@ -25,6 +34,8 @@ struct Link {
     address: Option<String>,
     #[serde(default)]
     addr_info: Vec<Address>,
+    #[serde(default)]
+    mtu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,12 +43,47 @@ struct Address {
     family: String,
     local: String,
     prefixlen: u8,
+    /// The peer of a point-to-point address (`ip addr add A peer P`).
+    #[serde(default)]
+    address: Option<String>,
     #[serde(default)]
     scope: Option<String>,
     /// Set by the kernel for an address with a finite lifetime: a lease
     /// (DHCP) or SLAAC.
     #[serde(default)]
     dynamic: bool,
+}
+
+/// One link of `ip -json -details link`: what `ip -json addr` has, and what
+/// kind of link it is.
+#[derive(Debug, Deserialize)]
+struct Details {
+    ifname: String,
+    #[serde(default)]
+    link: Option<String>,
+    #[serde(default)]
+    master: Option<String>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    address: Option<String>,
+    /// The permanent MAC address, where it differs from `address`.
+    #[serde(default)]
+    permaddr: Option<String>,
+    #[serde(default)]
+    link_type: Option<String>,
+    #[serde(default)]
+    linkinfo: Option<LinkInfo>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct LinkInfo {
+    #[serde(default)]
+    info_kind: Option<String>,
+    #[serde(default)]
+    info_data: Option<serde_json::Value>,
+    #[serde(default)]
+    info_slave_data: Option<serde_json::Value>,
 }
 
 /// One route of `ip -json route`.
@@ -70,12 +116,26 @@ struct Via {
     host: String,
 }
 
+/// A link's IPv6 sysctls on the old host (`/proc/sys/net/ipv6/conf/<link>/`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ipv6Conf {
+    pub accept_ra: Option<u8>,
+    pub autoconf: Option<u8>,
+}
+
 /// What the old host printed, as kexec-boot collected it.
+#[derive(Default)]
 pub struct State<'a> {
     pub addrs: &'a str,
     pub routes_v4: &'a str,
     pub routes_v6: &'a str,
     pub resolv_conf: &'a str,
+    /// `ip -json -details link`; empty where it was not collected (the
+    /// /proc fallback, an older kexec-boot): every link counts as physical.
+    pub links: &'a str,
+    pub ipv6: BTreeMap<String, Ipv6Conf>,
+    /// The DHCP clients' lease files (any format of [`lease`]).
+    pub leases: Vec<String>,
 }
 
 /// The units to write (file name, contents), and what could not be carried.
@@ -107,16 +167,51 @@ impl Family {
     }
 }
 
+/// What a link is, as far as the units go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// A NIC (or, in the tests, a veth): matched by MAC address.
+    Physical,
+    Bond,
+    Bridge,
+    Vlan,
+    /// A tunnel, team, macvlan, …: not rebuilt.
+    Other(String),
+}
+
+/// The kinds the units rebuild by name; a physical link's unit must not
+/// match them although they share its MAC address.
+const BUILT: &str = "bond bridge vlan";
+
+/// One link of the old host with everything the units need.
 #[derive(Default)]
 struct Unit {
-    mac: String,
+    kind: Option<Kind>,
+    mac: Option<String>,
+    /// A bond port's own MAC (the bond lends it the bond's).
+    permanent_mac: Option<String>,
+    mtu: Option<u32>,
+    parent: Option<String>,
+    master: Option<String>,
+    data: serde_json::Value,
     dhcp4: bool,
+    /// The DHCPv4 lease it held, found by its address.
+    lease: Option<Lease>,
     ra6: bool,
-    /// The static addresses, written out.
+    /// A dynamic (SLAAC) global IPv6 address: RA prefixes were used.
+    slaac: bool,
+    /// Asks DHCP because what it carried cannot be rebuilt.
+    fallback: bool,
+    /// The static addresses.
     addresses: Vec<String>,
+    /// `[Address]` sections of point-to-point addresses.
+    peers: Vec<String>,
     /// Every address's network (static or not): what is on-link.
     prefixes: Vec<(IpAddr, u8)>,
     routes: Vec<String>,
+    /// The metric of the default route a DHCP client installed.
+    dhcp_metric: Option<u32>,
+    carried: bool,
 }
 
 /// `addr` or `addr/len` in its canonical form (IPv6 shortened, as `ip`
@@ -180,71 +275,117 @@ fn file_part(name: &str) -> String {
         .collect()
 }
 
+/// A MAC address we can match on.
+fn usable_mac(m: Option<&str>) -> Option<String> {
+    m.filter(|m| m.len() == 17 && *m != "00:00:00:00:00:00")
+        .map(str::to_lowercase)
+}
+
+fn number(v: &serde_json::Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(serde_json::Value::as_u64)
+}
+
+fn text<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(serde_json::Value::as_str)
+}
+
 impl Units {
     /// The units for `state`.
     pub fn from_state(state: &State) -> Result<Self> {
         let links: Vec<Link> = parse(state.addrs, "addrs.json (ip -json addr)")?;
+        let details: Vec<Details> = parse(state.links, "links.json (ip -json -details link)")?;
         let v4: Vec<Route> = parse(state.routes_v4, "routes-v4.json (ip -json -4 route)")?;
         let v6: Vec<Route> = parse(state.routes_v6, "routes-v6.json (ip -json -6 route)")?;
+        let leases: Vec<Lease> = state.leases.iter().flat_map(|t| lease::parse(t)).collect();
         let mut out = Units::default();
         let mut units: BTreeMap<String, Unit> = BTreeMap::new();
-        let mut macs: BTreeMap<String, String> = BTreeMap::new();
 
-        for link in &links {
-            if link.link_type.as_deref() == Some("loopback") {
-                continue;
-            }
-            let carried: Vec<&Address> = link
-                .addr_info
-                .iter()
+        for d in details
+            .iter()
+            .filter(|d| d.link_type.as_deref() != Some("loopback"))
+        {
+            let info = d.linkinfo.as_ref();
+            let kind = match info.and_then(|i| i.info_kind.as_deref()) {
+                None | Some("veth") => Kind::Physical,
+                Some("bond") => Kind::Bond,
+                Some("bridge") => Kind::Bridge,
+                Some("vlan") => Kind::Vlan,
+                Some(other) => Kind::Other(other.to_owned()),
+            };
+            let permanent_mac = info
+                .and_then(|i| i.info_slave_data.as_ref())
+                .and_then(|s| text(s, "perm_hwaddr"))
+                .or(d.permaddr.as_deref())
+                .map(str::to_lowercase);
+            units.insert(
+                d.ifname.clone(),
+                Unit {
+                    kind: Some(kind),
+                    mac: usable_mac(d.address.as_deref()),
+                    permanent_mac,
+                    mtu: d.mtu,
+                    parent: d.link.clone(),
+                    master: d.master.clone(),
+                    data: info.and_then(|i| i.info_data.clone()).unwrap_or_default(),
+                    ..Unit::default()
+                },
+            );
+        }
+        let have_details = !units.is_empty();
+
+        for link in links
+            .iter()
+            .filter(|l| l.link_type.as_deref() != Some("loopback"))
+        {
+            let unit = units.entry(link.ifname.clone()).or_insert_with(|| Unit {
+                // Without `ip -details`, every link counts as physical.
+                kind: Some(Kind::Physical),
+                mac: usable_mac(link.address.as_deref()),
+                mtu: link.mtu,
+                ..Unit::default()
+            });
+            for a in &link.addr_info {
                 // Not the kernel's own (link-local, loopback): those come
                 // back by themselves. Site scope (fec0::/10) is carried.
-                .filter(|a| !matches!(a.scope.as_deref(), Some("link" | "host" | "nowhere")))
-                .collect();
-            let routed = v4.iter().chain(&v6).any(|r| {
-                r.dev.as_deref() == Some(&link.ifname) && r.protocol.as_deref() != Some("kernel")
-            });
-            if carried.is_empty() && !routed {
-                continue;
-            }
-            let mac = match link.address.as_deref() {
-                Some(m) if m.len() == 17 && m != "00:00:00:00:00:00" => m.to_lowercase(),
-                _ => {
-                    out.warnings.push(format!(
-                        "{} has no MAC address to find it by after the kexec: its addresses and \
-                         routes are not carried",
-                        link.ifname
-                    ));
+                if matches!(a.scope.as_deref(), Some("link" | "host" | "nowhere")) {
                     continue;
                 }
-            };
-            if let Some(other) = macs.insert(mac.clone(), link.ifname.clone()) {
-                out.warnings.push(format!(
-                    "{} and {other} share the MAC address {mac} (a bond or VLAN?): only {other} \
-                     is carried; configure the others in the NixOS system",
-                    link.ifname
-                ));
-                macs.insert(mac, other);
-                continue;
-            }
-            let mut unit = Unit {
-                mac,
-                ..Unit::default()
-            };
-            for a in carried {
+                unit.carried = true;
                 if let Ok(ip) = a.local.parse::<IpAddr>() {
                     unit.prefixes.push((ip, a.prefixlen));
                 }
                 match (a.family.as_str(), a.dynamic) {
-                    ("inet", true) => unit.dhcp4 = true,
-                    ("inet6", true) => unit.ra6 = true,
-                    (_, false) => unit
-                        .addresses
-                        .push(canonical(&format!("{}/{}", a.local, a.prefixlen))),
+                    ("inet", true) => {
+                        unit.dhcp4 = true;
+                        let ip = a.local.parse::<Ipv4Addr>().ok();
+                        unit.lease = leases.iter().rev().find(|l| Some(l.address) == ip).cloned();
+                        if unit.lease.is_none() {
+                            out.warnings.push(format!(
+                                "no DHCP lease of {} found for {} (dhclient, networkd or \
+                                 NetworkManager): it asks DHCP again with the new system's \
+                                 identity, and a dynamic pool may give it another address",
+                                a.local, link.ifname
+                            ));
+                        }
+                    }
+                    ("inet6", true) => {
+                        unit.ra6 = true;
+                        unit.slaac = true;
+                    }
+                    (_, false) => {
+                        let address = canonical(&format!("{}/{}", a.local, a.prefixlen));
+                        match a.address.as_deref().filter(|p| *p != a.local) {
+                            // A point-to-point address: its own section.
+                            Some(peer) => unit.peers.push(format!(
+                                "\n[Address]\nAddress={address}\nPeer={}\n",
+                                canonical(&format!("{peer}/{}", a.prefixlen))
+                            )),
+                            None => unit.addresses.push(address),
+                        }
+                    }
                     _ => {}
                 }
             }
-            units.insert(link.ifname.clone(), unit);
         }
 
         for (family, routes) in [(Family::V4, &v4), (Family::V6, &v6)] {
@@ -266,12 +407,34 @@ impl Units {
                 {
                     continue;
                 }
+                let gateway = r
+                    .gateway
+                    .as_deref()
+                    .or(r.via.as_ref().map(|v| v.host.as_str()));
+                // dhclient installs its routes as static ones: those through
+                // the lease's router (any default route, without a lease)
+                // come again from DHCP, with the same metric.
+                if family == Family::V4 && unit.dhcp4 {
+                    let from_lease = match &unit.lease {
+                        Some(l) => gateway
+                            .and_then(|g| g.parse::<Ipv4Addr>().ok())
+                            .is_some_and(|g| l.routers.contains(&g)),
+                        None => r.dst == "default",
+                    };
+                    if from_lease {
+                        if r.dst == "default" {
+                            unit.dhcp_metric = Some(r.metric.unwrap_or(0));
+                        }
+                        continue;
+                    }
+                }
                 // Blackhole, unreachable, prohibit …: not unicast, not carried.
                 if let Some(kind) = r.kind.as_deref().filter(|k| *k != "unicast") {
                     out.warnings
                         .push(format!("the {kind} route to {} is not carried", r.dst));
                     continue;
                 }
+                unit.carried = true;
                 let dst = if r.dst == "default" {
                     family.default_dst().to_owned()
                 } else if r.dst.contains('/') {
@@ -280,10 +443,6 @@ impl Units {
                     format!("{}/{}", canonical(&r.dst), family.host_len())
                 };
                 let mut s = format!("\n[Route]\nDestination={dst}\n");
-                let gateway = r
-                    .gateway
-                    .as_deref()
-                    .or(r.via.as_ref().map(|v| v.host.as_str()));
                 match gateway {
                     Some(gw) => writeln!(s, "Gateway={}", canonical(gw))?,
                     None => {
@@ -310,22 +469,93 @@ impl Units {
                 unit.routes.push(s);
             }
         }
+        for (name, conf) in &state.ipv6 {
+            if let Some(u) = units.get_mut(name)
+                && conf.autoconf == Some(1)
+                && u.ra6
+            {
+                u.slaac = true;
+            }
+        }
 
-        let (dns, domains) = resolv(state.resolv_conf, &mut out.warnings);
-        if units.is_empty() {
+        let keep = topology(&mut units, have_details, &mut out.warnings);
+        if keep.is_empty() {
             bail!(
                 "no link of the old host has a global address or a route to carry: \
                  the new system would be unreachable"
             );
         }
-        for (ifname, unit) in &units {
+        let (dns, domains) = resolv(state.resolv_conf, &mut out.warnings);
+        for name in &keep {
+            let unit = &units[name];
+            let master = unit
+                .master
+                .as_ref()
+                .and_then(|m| units.get(m).map(|u| (m, u)));
+            let kind = unit.kind.clone().unwrap_or(Kind::Physical);
+            let file = format!("00-nixos-kexec-{}", file_part(name));
             let mut s = format!(
-                "# {ifname} of the host before the kexec, carried by mkkexec network.\n\
-                 [Match]\nMACAddress={}\n\n[Network]\n",
-                unit.mac
+                "# {name} of the host before the kexec, carried by mkkexec network.\n[Match]\n"
             );
-            writeln!(s, "DHCP={}", if unit.dhcp4 { "ipv4" } else { "no" })?;
-            writeln!(s, "IPv6AcceptRA={}", if unit.ra6 { "yes" } else { "no" })?;
+            if kind == Kind::Physical {
+                match master {
+                    Some((_, m)) if m.kind == Some(Kind::Bond) => writeln!(
+                        s,
+                        "PermanentMACAddress={}",
+                        unit.permanent_mac
+                            .as_ref()
+                            .or(unit.mac.as_ref())
+                            .map_or("", |m| m)
+                    )?,
+                    _ => writeln!(s, "MACAddress={}", unit.mac.as_deref().unwrap_or(""))?,
+                }
+                if have_details {
+                    writeln!(s, "Kind=!{BUILT}")?;
+                }
+            } else {
+                writeln!(s, "Name={name}")?;
+                out.files.push((
+                    format!("{file}.netdev"),
+                    netdev(name, &kind, unit, &mut out.warnings)?,
+                ));
+            }
+            if let Some(mtu) = unit.mtu.filter(|m| *m != 1500) {
+                write!(s, "\n[Link]\nMTUBytes={mtu}\n")?;
+            }
+            s.push_str("\n[Network]\n");
+            let vlans = keep.iter().filter(|v| {
+                units[*v].kind == Some(Kind::Vlan) && units[*v].parent.as_ref() == Some(name)
+            });
+            let port = match master {
+                Some((m, mu)) if mu.kind == Some(Kind::Bond) => {
+                    writeln!(s, "Bond={m}")?;
+                    if text(&mu.data, "primary") == Some(name) {
+                        writeln!(s, "PrimarySlave=yes")?;
+                    }
+                    true
+                }
+                Some((m, mu)) if mu.kind == Some(Kind::Bridge) => {
+                    writeln!(s, "Bridge={m}")?;
+                    true
+                }
+                _ => false,
+            };
+            for v in vlans {
+                writeln!(s, "VLAN={v}")?;
+            }
+            if port {
+                writeln!(s, "IPv6AcceptRA=no")?;
+                out.files.push((format!("{file}.network"), s));
+                continue;
+            }
+            let dhcp = match (unit.dhcp4, unit.fallback) {
+                (_, true) => "yes",
+                (true, false) => "ipv4",
+                (false, false) => "no",
+            };
+            writeln!(s, "DHCP={dhcp}")?;
+            let ra = unit.ra6 || unit.fallback;
+            writeln!(s, "IPv6AcceptRA={}", if ra { "yes" } else { "no" })?;
             for a in &unit.addresses {
                 writeln!(s, "Address={a}")?;
             }
@@ -335,18 +565,245 @@ impl Units {
             if !domains.is_empty() {
                 writeln!(s, "Domains={}", domains.join(" "))?;
             }
+            for a in &unit.peers {
+                s.push_str(a);
+            }
             for r in &unit.routes {
                 s.push_str(r);
             }
-            out.files
-                .push((format!("00-nixos-kexec-{}.network", file_part(ifname)), s));
+            if unit.dhcp4 {
+                s.push_str(&dhcp4(unit)?);
+            }
+            if unit.ra6 && !unit.slaac {
+                // The old host took routes from router advertisements but no
+                // address (autoconf off): neither does the new one.
+                s.push_str("\n[IPv6AcceptRA]\nUseAutonomousPrefix=no\n");
+            }
+            out.files.push((format!("{file}.network"), s));
         }
         Ok(out)
     }
 }
 
-/// The nameservers and search domains of `resolv.conf`; a local stub
-/// (127.0.0.53, ::1) is no server for another system.
+/// The links the units carry: those with an address or a route, and what
+/// they stand on (a VLAN's lower link, a port's bond or bridge and its other
+/// ports). Links that cannot be rebuilt are said and left out; the physical
+/// links under them ask DHCP.
+fn topology(
+    units: &mut BTreeMap<String, Unit>,
+    have_details: bool,
+    warnings: &mut Vec<String>,
+) -> BTreeSet<String> {
+    let mut keep: BTreeSet<String> = units
+        .iter()
+        .filter(|(_, u)| u.carried)
+        .map(|(n, _)| n.clone())
+        .collect();
+    loop {
+        let mut more = vec![];
+        for (name, u) in units.iter() {
+            if keep.contains(name) {
+                more.extend(u.parent.iter().chain(&u.master).cloned());
+            } else if u.master.as_ref().is_some_and(|m| keep.contains(m)) {
+                more.push(name.clone());
+            }
+        }
+        let before = keep.len();
+        keep.extend(more.into_iter().filter(|n| units.contains_key(n)));
+        if keep.len() == before {
+            break;
+        }
+    }
+    let others: Vec<(String, String)> = keep
+        .iter()
+        .filter_map(|n| match &units[n].kind {
+            Some(Kind::Other(k)) => Some((n.clone(), k.clone())),
+            _ => None,
+        })
+        .collect();
+    for (name, kind) in others {
+        keep.remove(&name);
+        let under: Vec<String> = units
+            .iter()
+            .filter(|(n, u)| {
+                u.kind == Some(Kind::Physical)
+                    && (units[&name].parent.as_ref() == Some(*n)
+                        || u.master.as_ref() == Some(&name))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        warnings.push(format!(
+            "{name} is a {kind} link, which mkkexec network does not rebuild: its addresses \
+             and routes are not carried{}",
+            if under.is_empty() {
+                String::new()
+            } else {
+                format!("; {} asks DHCP instead", under.join(", "))
+            }
+        ));
+        for n in under {
+            if let Some(u) = units.get_mut(&n) {
+                u.fallback = true;
+                u.master = None;
+                keep.insert(n);
+            }
+        }
+    }
+    let mut macs: BTreeMap<String, String> = BTreeMap::new();
+    let names: Vec<String> = keep.iter().cloned().collect();
+    for name in names {
+        let u = &units[&name];
+        if u.kind != Some(Kind::Physical) {
+            continue;
+        }
+        let Some(mac) = u.permanent_mac.clone().or(u.mac.clone()) else {
+            warnings.push(format!(
+                "{name} has no MAC address to find it by after the kexec: its addresses and \
+                 routes are not carried"
+            ));
+            keep.remove(&name);
+            continue;
+        };
+        if let Some(other) = macs.get(&mac) {
+            warnings.push(format!(
+                "{name} and {other} share the MAC address {mac}{}: only {other} is carried; \
+                 configure the others in the NixOS system",
+                if have_details {
+                    ""
+                } else {
+                    " (a bond or VLAN? ip -details was not collected)"
+                }
+            ));
+            keep.remove(&name);
+            continue;
+        }
+        macs.insert(mac, name);
+    }
+    keep
+}
+
+/// The `.netdev` unit that makes a bond, bridge or VLAN again, with its old
+/// name and MAC address (networkd would make up a MAC address otherwise,
+/// and the DHCP server and the switch know the old one).
+fn netdev(name: &str, kind: &Kind, unit: &Unit, warnings: &mut Vec<String>) -> Result<String> {
+    let d = &unit.data;
+    let (kind_name, section) = match kind {
+        Kind::Bond => {
+            let mut s = String::from("\n[Bond]\n");
+            let mode = text(d, "mode").unwrap_or("balance-rr");
+            writeln!(s, "Mode={mode}")?;
+            for (key, setting) in [
+                ("miimon", "MIIMonitorSec"),
+                ("updelay", "UpDelaySec"),
+                ("downdelay", "DownDelaySec"),
+                ("arp_interval", "ARPIntervalSec"),
+            ] {
+                if let Some(ms) = number(d, key).filter(|n| *n > 0) {
+                    writeln!(s, "{setting}={ms}ms")?;
+                }
+            }
+            if let Some(n) = number(d, "min_links").filter(|n| *n > 0) {
+                writeln!(s, "MinLinks={n}")?;
+            }
+            if let Some(targets) = d.get("arp_ip_target").and_then(|t| t.as_array()) {
+                let t: Vec<&str> = targets.iter().filter_map(|t| t.as_str()).collect();
+                if !t.is_empty() {
+                    writeln!(s, "ARPIPTargets={}", t.join(" "))?;
+                }
+            }
+            if mode == "802.3ad"
+                && let Some(rate) = text(d, "ad_lacp_rate")
+            {
+                writeln!(s, "LACPTransmitRate={rate}")?;
+            }
+            if matches!(mode, "802.3ad" | "balance-xor" | "balance-tlb")
+                && let Some(p) = text(d, "xmit_hash_policy")
+            {
+                writeln!(s, "TransmitHashPolicy={p}")?;
+            }
+            if let Some(p) = text(d, "primary_reselect").filter(|p| *p != "always") {
+                writeln!(s, "PrimaryReselectPolicy={p}")?;
+            }
+            if let Some(p) = text(d, "fail_over_mac").filter(|p| *p != "none") {
+                writeln!(s, "FailOverMACPolicy={p}")?;
+            }
+            ("bond", s)
+        }
+        Kind::Bridge => {
+            let mut s = String::from("\n[Bridge]\n");
+            let stp = number(d, "stp_state").is_some_and(|n| n > 0);
+            writeln!(s, "STP={}", if stp { "yes" } else { "no" })?;
+            // In hundredths of a second.
+            if let Some(cs) = number(d, "forward_delay") {
+                writeln!(s, "ForwardDelaySec={}ms", cs * 10)?;
+            }
+            if number(d, "vlan_filtering") == Some(1) {
+                writeln!(s, "VLANFiltering=yes")?;
+                warnings.push(format!(
+                    "{name} filters VLANs: the bridge is made again, its VLAN table is not"
+                ));
+            }
+            ("bridge", s)
+        }
+        Kind::Vlan => {
+            let mut s = String::from("\n[VLAN]\n");
+            let id = number(d, "id").with_context(|| format!("the VLAN {name} has no id"))?;
+            writeln!(s, "Id={id}")?;
+            if let Some(p) = text(d, "protocol").filter(|p| *p != "802.1Q") {
+                writeln!(s, "Protocol={}", p.to_lowercase())?;
+            }
+            ("vlan", s)
+        }
+        Kind::Physical | Kind::Other(_) => bail!("{name} is not made by a .netdev"),
+    };
+    let mut s = format!(
+        "# {name} of the host before the kexec, carried by mkkexec network.\n\
+         [NetDev]\nName={name}\nKind={kind_name}\n"
+    );
+    if let Some(mac) = &unit.mac {
+        writeln!(s, "MACAddress={mac}")?;
+    }
+    s.push_str(&section);
+    Ok(s)
+}
+
+/// The `[DHCPv4]` section: the same client identity as the old host's
+/// client, and the address it held, so that a dynamic pool hands out the
+/// same lease.
+fn dhcp4(unit: &Unit) -> Result<String> {
+    let mut s = String::new();
+    if let Some(lease) = &unit.lease {
+        match &lease.client_id {
+            Some(ClientId::Mac) => writeln!(s, "ClientIdentifier=mac")?,
+            Some(ClientId::Duid { iaid, duid }) => {
+                writeln!(s, "ClientIdentifier=duid")?;
+                let iaid = iaid.or_else(|| unit.mac.as_deref().and_then(lease::dhclient_iaid));
+                if let Some(iaid) = iaid {
+                    writeln!(s, "IAID={iaid}")?;
+                }
+                if let [a, b, raw @ ..] = duid.as_slice() {
+                    writeln!(s, "DUIDType={}", u16::from_be_bytes([*a, *b]))?;
+                    let hex: Vec<String> = raw.iter().map(|b| format!("{b:02x}")).collect();
+                    writeln!(s, "DUIDRawData={}", hex.join(":"))?;
+                }
+            }
+            None => {}
+        }
+        // networkd ≥ 253; older ones say they ignore it.
+        writeln!(s, "RequestAddress={}", lease.address)?;
+    }
+    if let Some(m) = unit.dhcp_metric {
+        writeln!(s, "RouteMetric={m}")?;
+    }
+    Ok(if s.is_empty() {
+        s
+    } else {
+        format!("\n[DHCPv4]\n{s}")
+    })
+}
+
+/// The nameservers and search domains of `resolv.conf`, each once; a local
+/// stub (127.0.0.53, ::1) is no server for another system.
 fn resolv(text: &str, warnings: &mut Vec<String>) -> (Vec<String>, Vec<String>) {
     let (mut dns, mut domains, mut local) = (vec![], vec![], vec![]);
     for line in text.lines() {
@@ -357,12 +814,19 @@ fn resolv(text: &str, warnings: &mut Vec<String>) -> (Vec<String>, Vec<String>) 
                     let ip: Option<std::net::IpAddr> = ns.parse().ok();
                     match ip {
                         Some(ip) if ip.is_loopback() => local.push(ns.to_owned()),
+                        Some(_) if dns.iter().any(|d| d == ns) => {}
                         Some(_) => dns.push(ns.to_owned()),
                         None => warnings.push(format!("nameserver {ns:?} is not an address")),
                     }
                 }
             }
-            Some("search" | "domain") => domains.extend(words.map(str::to_owned)),
+            Some("search" | "domain") => {
+                for w in words {
+                    if !domains.iter().any(|d| d == w) {
+                        domains.push(w.to_owned());
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -390,20 +854,7 @@ mod tests {
             "{}/tests/fixture/network/{case}",
             env!("CARGO_MANIFEST_DIR")
         );
-        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).expect("capture");
-        let (a, r4, r6, rc) = (
-            read("addrs.json"),
-            read("routes-v4.json"),
-            read("routes-v6.json"),
-            read("resolv.conf"),
-        );
-        let u = Units::from_state(&State {
-            addrs: &a,
-            routes_v4: &r4,
-            routes_v6: &r6,
-            resolv_conf: &rc,
-        })
-        .expect("units");
+        let u = super::super::units_of(dir.as_str().into()).expect("units");
         let mut out = String::new();
         for w in &u.warnings {
             out += &format!("warning: {w}\n");
@@ -440,6 +891,7 @@ mod tests {
             routes_v4: v4,
             routes_v6: "",
             resolv_conf: "nameserver 192.0.2.53\n",
+            ..State::default()
         })
     }
 

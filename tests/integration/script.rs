@@ -86,6 +86,7 @@ impl FakeHost {
                  '-json addr') cat {capture}/addrs.json ;;\n\
                  '-json -4 route show table main') cat {capture}/routes-v4.json ;;\n\
                  '-json -6 route show table main') cat {capture}/routes-v6.json ;;\n\
+                 '-json -details link') echo '[]' ;;\n\
                  *) echo \"ip: unexpected $*\" >&2; exit 1 ;;\nesac\n"
             ),
         )

@@ -21,7 +21,7 @@ unpacked_bytes=@UNPACKED_BYTES@
 
 usage() {
   cat <<EOF
-Usage: $0 [--dry-run] [--no-detach]
+Usage: $0 [--dry-run] [--no-detach] [--collect DIR]
 
 Boots the NixOS system beside this script with kexec, carrying this
 machine's network configuration, SSH host keys, root's authorized keys and
@@ -33,6 +33,10 @@ same host key.
   --no-detach  start the new kernel from this process (on a console);
                by default it starts 2 s after this script exits, so that
                an SSH session running it returns first
+  --collect DIR
+               only write what would be carried into DIR (network/,
+               ssh/, authorized_keys, machine-id, hostname, notes) and
+               exit: nothing is loaded
 EOF
 }
 
@@ -47,16 +51,23 @@ say() {
 
 dry_run=0
 detach=1
-for arg; do
-  case $arg in
+collect_dir=
+while [ $# -gt 0 ]; do
+  case $1 in
     --dry-run) dry_run=1 ;;
     --no-detach) detach=0 ;;
+    --collect)
+      [ $# -ge 2 ] || die "--collect needs a directory (see $0 --help)"
+      collect_dir=$2
+      shift
+      ;;
     -h | --help)
       usage
       exit 0
       ;;
-    *) die "unknown option $arg (see $0 --help)" ;;
+    *) die "unknown option $1 (see $0 --help)" ;;
   esac
+  shift
 done
 
 here=$(cd "$(dirname "$0")" && pwd -P)
@@ -66,145 +77,13 @@ from=${NIXOS_KEXEC_CARRY_FROM:-}
 
 [ "$(id -u)" = 0 ] || die "must run as root: kexec replaces the running kernel (try: sudo $0)"
 
-if [ -x "$here/kexec" ]; then
-  kexec=$here/kexec
-elif command -v kexec >/dev/null 2>&1; then
-  kexec=kexec
-else
-  die "kexec not found: install kexec-tools (Debian, Ubuntu: apt-get install kexec-tools; Fedora: dnf install kexec-tools) or use the tarball, which bundles a static kexec"
-fi
-
-if [ -r /proc/sys/kernel/kexec_load_disabled ] &&
-  [ "$(cat /proc/sys/kernel/kexec_load_disabled)" = 1 ]; then
-  die "kexec is disabled on this machine (/proc/sys/kernel/kexec_load_disabled is 1 and stays so until reboot): reboot and make sure nothing sets the sysctl kernel.kexec_load_disabled"
-fi
-
-for f in bzImage initrd.gz; do
-  [ -r "$here/$f" ] || die "$here/$f is missing: keep kexec-boot, bzImage and initrd.gz together"
-done
-
-# The kernel's architecture, from its header: x86's bzImage has "HdrS" at
-# byte 514, arm64's Image "ARMd" at byte 56 (the tree calls both bzImage,
-# as nixpkgs' kexecTree does).
-header() { # FILE OFFSET: 4 bytes of FILE
-  dd if="$1" bs=1 skip="$2" count=4 2>/dev/null
-}
-if [ "$(header "$here/bzImage" 514)" = HdrS ]; then
-  kernel_arch=x86_64
-elif [ "$(header "$here/bzImage" 56)" = ARMd ]; then
-  kernel_arch=aarch64
-else
-  kernel_arch=
-fi
-machine=$(uname -m)
-if [ -n "$kernel_arch" ] && [ "$kernel_arch" != "$machine" ]; then
-  die "this tree boots an $kernel_arch kernel, and this machine is $machine (uname -m): use the tree or tarball built for $machine-linux"
-fi
-
-# --- Memory ------------------------------------------------------------------
-# The model measured by scripts/memory-bench.py (README, "Memory"), in MiB of
-# MemTotal:
-# - The new kernel keeps initrd.gz in memory while it unpacks it into its
-#   rootfs. A tmpfs rootfs may fill only half the memory left beside the
-#   initrd: initrd + 2 x unpacked. With rootfstype=ramfs on the command
-#   line there is no cap: initrd + unpacked. Plus 48 for the kernel, stage 1
-#   and the carried files.
-# - kexec needs twice what it loads (the kernel at its in-memory size,
-#   from the header, and the initrd) to place it.
-# - This machine must have free, now, what kexec copies (twice while it
-#   loads): checked below, once the initrd is assembled.
-mib=1048576
-case " $params " in
-  *" rootfstype=ramfs "*) rootfs=ramfs copies=1 ;;
-  *) rootfs=tmpfs copies=2 ;;
-esac
-le32() { # FILE OFFSET: the little-endian 32-bit number at OFFSET in FILE
-  od -An -tu4 -j"$2" -N4 "$1" 2>/dev/null | tr -d ' '
-}
-case $kernel_arch in
-  x86_64) kernel_mem=$(le32 "$here/bzImage" 608) ;; # init_size
-  aarch64) kernel_mem=$(le32 "$here/bzImage" 16) ;; # image_size
-  *) kernel_mem= ;;
-esac
-[ "${kernel_mem:-0}" -gt 0 ] 2>/dev/null || kernel_mem=$((64 * mib))
-new_mib=$(((initrd_bytes + copies * unpacked_bytes) / mib + 48))
-load_mib=$((2 * (kernel_mem + initrd_bytes) / mib + 16))
-need_mib=$((new_mib > load_mib ? new_mib : load_mib))
-have_mib=$(($(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) / 1024))
-if [ "$have_mib" -lt "$need_mib" ]; then
-  if [ "$new_mib" -ge "$load_mib" ]; then
-    why="the new kernel holds the $((initrd_bytes / mib)) MiB initrd while it unpacks $((unpacked_bytes / mib)) MiB from it into a $rootfs"
-  else
-    why="kexec needs room twice over for the kernel ($((kernel_mem / mib)) MiB in memory) and the $((initrd_bytes / mib)) MiB initrd to place them"
-  fi
-  ramfs_mib=$(((initrd_bytes + unpacked_bytes) / mib + 48))
-  if [ "$rootfs" = tmpfs ] && [ "$new_mib" -gt "$load_mib" ]; then
-    lower="rootfstype=ramfs on the kernel command line (nixosKexec.initramfsOnRamfs) would lower it to $((ramfs_mib > load_mib ? ramfs_mib : load_mib)) MiB; so would a smaller system"
-  else
-    lower="a smaller system would lower it"
-  fi
-  die "not enough memory: this image needs $need_mib MiB of RAM and this machine has $have_mib MiB: $why; $lower. Nothing was loaded."
-fi
-
-# --- A place on disk for the initrd with the carried files -----------------
-
-# The type of the file system DIR is on, from /proc/mounts (the last mount
-# of the longest mount point above it).
-fstype() {
-  awk -v d="$1" '
-    { m = $2; gsub(/\\040/, " ", m)
-      if (m == "/" || d == m || index(d, m "/") == 1)
-        if (length(m) >= best) { best = length(m); t = $3 } }
-    END { print t }' /proc/mounts
-}
-
-# Free KiB in DIR.
-free_kib() {
-  df -Pk "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'
-}
-
-initrd_kib=$((initrd_bytes / 1024 + 1024))
-work_parent=
-in_ram=
-for d in ${TMPDIR:-} /var/tmp /root "$here" /tmp; do
-  if [ ! -d "$d" ] || [ ! -w "$d" ]; then continue; fi
-  d=$(cd "$d" && pwd -P)
-  free=$(free_kib "$d")
-  case $(fstype "$d") in
-    tmpfs | ramfs | rootfs)
-      # Holds a second copy of the initrd in RAM: only if nothing else.
-      # ramfs and the initramfs' rootfs report no size: RAM is the limit.
-      if [ -z "$in_ram" ] && { [ "${free:-0}" -ge "$initrd_kib" ] ||
-        [ "$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)" -ge $((2 * initrd_kib)) ]; }; then
-        in_ram=$d
-      fi
-      ;;
-    *)
-      if [ -n "$free" ] && [ "$free" -ge "$initrd_kib" ]; then
-        work_parent=$d
-        break
-      fi
-      ;;
-  esac
-done
-if [ -z "$work_parent" ]; then
-  [ -n "$in_ram" ] || die "no directory with $((initrd_kib / 1024)) MiB free for the initrd with the carried files (tried \$TMPDIR, /var/tmp, /root, $here, /tmp): free some disk space, or set TMPDIR to a disk with room (where they are all in RAM, as on a rescue system, the room is RAM). Nothing was loaded."
-  work_parent=$in_ram
-  say "warning: no disk with $((initrd_kib / 1024)) MiB free; the initrd is assembled in $in_ram, which is in RAM"
-fi
-work=$(mktemp -d "$work_parent/nixos-kexec.XXXXXX") || die "cannot create a directory in $work_parent"
-trap 'rm -rf "$work"' EXIT
-trap 'exit 1' INT TERM HUP
-carry=$work/root/nixos-kexec-carry
-mkdir -p "$carry/network" "$carry/ssh"
-chmod 700 "$work/root/nixos-kexec-carry"
+# --- What to carry ----------------------------------------------------------
+# Facts, copied as they are; mkkexec network reads them on the new system.
 
 note() {
   say "warning: $*"
   printf '%s\n' "$*" >>"$carry/notes"
 }
-
-# --- What to carry ----------------------------------------------------------
 
 if [ -x "$here/ip" ]; then
   ip=$here/ip
@@ -340,44 +219,6 @@ proc_network() { # DIR
     /proc/net/if_inet6 /proc/net/ipv6_route
 }
 
-if [ -n "$ip" ] && "$ip" -json addr >"$carry/network/addrs.json" 2>"$work/ip.err" &&
-  "$ip" -json -4 route show table main >"$carry/network/routes-v4.json" 2>>"$work/ip.err" &&
-  "$ip" -json -6 route show table main >"$carry/network/routes-v6.json" 2>>"$work/ip.err"; then
-  :
-else
-  why=${ip:+$ip -json failed ($(head -n 1 "$work/ip.err"))}
-  if [ -r /proc/net/route ] && proc_network "$carry/network" 2>"$work/proc.err"; then
-    note "${why:-no ip command}: the network is carried from /proc/net and /sys/class/net; IPv4 addresses as static (which came from DHCP is not known there), on-link gateways as mkkexec guesses them"
-    while IFS= read -r line; do
-      note "not carried: $line"
-    done <"$work/proc.err"
-  else
-    rm -f "$carry/network/"*.json
-    note "${why:-no ip command}, and /proc/net cannot be read: addresses and routes are not carried (the tarball bundles an ip); the new system asks DHCP"
-  fi
-fi
-
-# The nameservers; behind systemd-resolved's stub, the servers it asks.
-resolv=$from/etc/resolv.conf
-if grep -q '^nameserver[[:space:]]*127\.0\.0\.53' "$resolv" 2>/dev/null &&
-  [ -r "$from/run/systemd/resolve/resolv.conf" ]; then
-  resolv=$from/run/systemd/resolve/resolv.conf
-fi
-if [ -r "$resolv" ]; then
-  grep -E '^(nameserver|search|domain)[[:space:]]' "$resolv" >"$carry/network/resolv.conf" || :
-else
-  note "no /etc/resolv.conf: no nameserver is carried"
-fi
-
-keys=0
-for k in "$from"/etc/ssh/ssh_host_*_key; do
-  [ -f "$k" ] || continue
-  cp "$k" "$carry/ssh/" && keys=$((keys + 1))
-  [ -f "$k.pub" ] && cp "$k.pub" "$carry/ssh/"
-done
-[ "$keys" -gt 0 ] ||
-  note "no SSH host keys in /etc/ssh: the new system makes new ones, and SSH clients will warn that the host key changed"
-
 # The home of USER, from the passwd file.
 home_of() {
   if [ -r "$from/etc/passwd" ]; then
@@ -385,46 +226,259 @@ home_of() {
   fi
 }
 
-# Keys that may log in as root after the kexec: root's own, those of the
-# user who ran this through sudo or doas, and /etc/ssh/authorized_keys.d.
-# Cloud images put a `command="…Please login as…"` in front of root's keys
-# to turn root away: such options are dropped, the key is kept.
-authorized=$carry/authorized_keys
-: >"$authorized"
-root_home=$(home_of root)
-for f in "$from${root_home:-/root}/.ssh/authorized_keys" "$from${root_home:-/root}/.ssh/authorized_keys2" \
-  ${SUDO_USER:+"$from$(home_of "$SUDO_USER")/.ssh/authorized_keys"} \
-  ${DOAS_USER:+"$from$(home_of "$DOAS_USER")/.ssh/authorized_keys"} \
-  "$from"/etc/ssh/authorized_keys.d/*; do
-  [ -f "$f" ] || continue
-  if [ ! -r "$f" ]; then
-    note "$f is not readable: its keys are not carried"
-    continue
+# Collects into $carry what the new system needs to be this machine
+# again; $work holds scratch files.
+collect() {
+  mkdir -p "$carry/network" "$carry/ssh"
+  chmod 700 "$carry"
+  if [ -n "$ip" ] && "$ip" -json addr >"$carry/network/addrs.json" 2>"$work/ip.err" &&
+    "$ip" -json -4 route show table main >"$carry/network/routes-v4.json" 2>>"$work/ip.err" &&
+    "$ip" -json -6 route show table main >"$carry/network/routes-v6.json" 2>>"$work/ip.err"; then
+    # What each link is: a bond, a bridge, a VLAN, their ports.
+    if ! "$ip" -json -details link >"$carry/network/links.json" 2>>"$work/ip.err"; then
+      rm -f "$carry/network/links.json"
+      note "$ip -json -details link failed ($(tail -n 1 "$work/ip.err")): every link is carried as a NIC of its own, bonds, bridges and VLANs are not made again"
+    fi
+  else
+    why=${ip:+$ip -json failed ($(head -n 1 "$work/ip.err"))}
+    if [ -r /proc/net/route ] && proc_network "$carry/network" 2>"$work/proc.err"; then
+      note "${why:-no ip command}: the network is carried from /proc/net and /sys/class/net; IPv4 addresses as static (which came from DHCP is not known there), on-link gateways as mkkexec guesses them, every link as a NIC of its own (bonds, bridges and VLANs are not made again)"
+      while IFS= read -r line; do
+        note "not carried: $line"
+      done <"$work/proc.err"
+    else
+      rm -f "$carry/network/"*.json
+      note "${why:-no ip command}, and /proc/net cannot be read: addresses and routes are not carried (the tarball bundles an ip); the new system asks DHCP"
+    fi
   fi
-  size=$(($(wc -c <"$f")))
-  if [ "$size" -gt 1048576 ]; then
-    note "$f has $size bytes, more than any list of keys: not carried"
-    continue
-  fi
-  awk '
-    /^[[:space:]]*(#|$)/ { next }
-    /Please login as/ {
-      for (i = 1; i <= NF; i++)
-        if ($i ~ /^(ssh-|ecdsa-|sk-)/) { line = $i; for (j = i + 1; j <= NF; j++) line = line " " $j; print line; next }
-      next
-    }
-    { print }' "$f" >>"$authorized"
-done
-awk '!seen[$0]++' "$authorized" >"$work/keys" && mv "$work/keys" "$authorized"
-[ -s "$authorized" ] ||
-  note "no authorized SSH keys for root found: add users.users.root.openssh.authorizedKeys to the system, or no key will log in"
 
-if [ -r "$from/etc/machine-id" ] && grep -qE '^[0-9a-f]{32}$' "$from/etc/machine-id"; then
-  cp "$from/etc/machine-id" "$carry/machine-id"
+  # How each link treats router advertisements (the kernel's own files,
+  # per network namespace).
+  for d in /proc/sys/net/ipv6/conf/*; do
+    l=${d##*/}
+    case $l in all | default | lo) continue ;; esac
+    [ -r "$d/accept_ra" ] || continue
+    mkdir -p "$carry/network/ipv6/$l"
+    cat "$d/accept_ra" >"$carry/network/ipv6/$l/accept_ra" 2>/dev/null || :
+    cat "$d/autoconf" >"$carry/network/ipv6/$l/autoconf" 2>/dev/null || :
+  done
+
+  # The DHCP clients' leases, as they are: the identity the server knows this
+  # machine by, so that a dynamic pool gives the new system the same address
+  # (dhclient as ifupdown runs it, systemd-networkd, NetworkManager).
+  n=0
+  for f in "$from"/var/lib/dhcp/dhclient*.lease* "$from"/var/lib/dhclient/*.lease* \
+    "$from"/run/systemd/netif/leases/* "$from"/var/lib/NetworkManager/*.lease; do
+    if [ ! -f "$f" ] || [ ! -r "$f" ]; then continue; fi
+    n=$((n + 1))
+    mkdir -p "$carry/network/leases"
+    head -c 1048576 "$f" >"$carry/network/leases/$n-${f##*/}" || :
+  done
+
+  # The nameservers; behind systemd-resolved's stub, the servers it asks.
+  resolv=$from/etc/resolv.conf
+  if grep -q '^nameserver[[:space:]]*127\.0\.0\.53' "$resolv" 2>/dev/null &&
+    [ -r "$from/run/systemd/resolve/resolv.conf" ]; then
+    resolv=$from/run/systemd/resolve/resolv.conf
+  fi
+  if [ -r "$resolv" ]; then
+    grep -E '^(nameserver|search|domain)[[:space:]]' "$resolv" >"$carry/network/resolv.conf" || :
+  else
+    note "no /etc/resolv.conf: no nameserver is carried"
+  fi
+
+  keys=0
+  for k in "$from"/etc/ssh/ssh_host_*_key; do
+    [ -f "$k" ] || continue
+    cp "$k" "$carry/ssh/" && keys=$((keys + 1))
+    [ -f "$k.pub" ] && cp "$k.pub" "$carry/ssh/"
+  done
+  [ "$keys" -gt 0 ] ||
+    note "no SSH host keys in /etc/ssh: the new system makes new ones, and SSH clients will warn that the host key changed"
+
+  # Keys that may log in as root after the kexec: root's own, those of the
+  # user who ran this through sudo or doas, and /etc/ssh/authorized_keys.d.
+  # Cloud images put a `command="…Please login as…"` in front of root's keys
+  # to turn root away: such options are dropped, the key is kept.
+  authorized=$carry/authorized_keys
+  : >"$authorized"
+  root_home=$(home_of root)
+  for f in "$from${root_home:-/root}/.ssh/authorized_keys" "$from${root_home:-/root}/.ssh/authorized_keys2" \
+    ${SUDO_USER:+"$from$(home_of "$SUDO_USER")/.ssh/authorized_keys"} \
+    ${DOAS_USER:+"$from$(home_of "$DOAS_USER")/.ssh/authorized_keys"} \
+    "$from"/etc/ssh/authorized_keys.d/*; do
+    [ -f "$f" ] || continue
+    if [ ! -r "$f" ]; then
+      note "$f is not readable: its keys are not carried"
+      continue
+    fi
+    size=$(($(wc -c <"$f")))
+    if [ "$size" -gt 1048576 ]; then
+      note "$f has $size bytes, more than any list of keys: not carried"
+      continue
+    fi
+    awk '
+      /^[[:space:]]*(#|$)/ { next }
+      /Please login as/ {
+        for (i = 1; i <= NF; i++)
+          if ($i ~ /^(ssh-|ecdsa-|sk-)/) { line = $i; for (j = i + 1; j <= NF; j++) line = line " " $j; print line; next }
+        next
+      }
+      { print }' "$f" >>"$authorized"
+  done
+  awk '!seen[$0]++' "$authorized" >"$work/keys" && mv "$work/keys" "$authorized"
+  [ -s "$authorized" ] ||
+    note "no authorized SSH keys for root found: add users.users.root.openssh.authorizedKeys to the system, or no key will log in"
+
+  if [ -r "$from/etc/machine-id" ] && grep -qE '^[0-9a-f]{32}$' "$from/etc/machine-id"; then
+    cp "$from/etc/machine-id" "$carry/machine-id"
+  fi
+  if [ -r "$from/etc/hostname" ]; then
+    head -n 1 "$from/etc/hostname" >"$carry/hostname"
+  fi
+}
+
+if [ -n "$collect_dir" ]; then
+  mkdir -p "$collect_dir" || die "cannot create $collect_dir"
+  carry=$(cd "$collect_dir" && pwd -P)
+  work=$(mktemp -d) || die "cannot create a temporary directory"
+  trap 'rm -rf "$work"' EXIT
+  collect
+  say "wrote what would be carried into $carry; nothing was loaded"
+  exit 0
 fi
-if [ -r "$from/etc/hostname" ]; then
-  head -n 1 "$from/etc/hostname" >"$carry/hostname"
+
+if [ -x "$here/kexec" ]; then
+  kexec=$here/kexec
+elif command -v kexec >/dev/null 2>&1; then
+  kexec=kexec
+else
+  die "kexec not found: install kexec-tools (Debian, Ubuntu: apt-get install kexec-tools; Fedora: dnf install kexec-tools) or use the tarball, which bundles a static kexec"
 fi
+
+if [ -r /proc/sys/kernel/kexec_load_disabled ] &&
+  [ "$(cat /proc/sys/kernel/kexec_load_disabled)" = 1 ]; then
+  die "kexec is disabled on this machine (/proc/sys/kernel/kexec_load_disabled is 1 and stays so until reboot): reboot and make sure nothing sets the sysctl kernel.kexec_load_disabled"
+fi
+
+for f in bzImage initrd.gz; do
+  [ -r "$here/$f" ] || die "$here/$f is missing: keep kexec-boot, bzImage and initrd.gz together"
+done
+
+# The kernel's architecture, from its header: x86's bzImage has "HdrS" at
+# byte 514, arm64's Image "ARMd" at byte 56 (the tree calls both bzImage,
+# as nixpkgs' kexecTree does).
+header() { # FILE OFFSET: 4 bytes of FILE
+  dd if="$1" bs=1 skip="$2" count=4 2>/dev/null
+}
+if [ "$(header "$here/bzImage" 514)" = HdrS ]; then
+  kernel_arch=x86_64
+elif [ "$(header "$here/bzImage" 56)" = ARMd ]; then
+  kernel_arch=aarch64
+else
+  kernel_arch=
+fi
+machine=$(uname -m)
+if [ -n "$kernel_arch" ] && [ "$kernel_arch" != "$machine" ]; then
+  die "this tree boots an $kernel_arch kernel, and this machine is $machine (uname -m): use the tree or tarball built for $machine-linux"
+fi
+
+# --- Memory ------------------------------------------------------------------
+# The model measured by scripts/memory-bench.py (README, "Memory"), in MiB of
+# MemTotal:
+# - The new kernel keeps initrd.gz in memory while it unpacks it into its
+#   rootfs. A tmpfs rootfs may fill only half the memory left beside the
+#   initrd: initrd + 2 x unpacked. With rootfstype=ramfs on the command
+#   line there is no cap: initrd + unpacked. Plus 48 for the kernel, stage 1
+#   and the carried files.
+# - kexec needs twice what it loads (the kernel at its in-memory size,
+#   from the header, and the initrd) to place it.
+# - This machine must have free, now, what kexec copies (twice while it
+#   loads): checked below, once the initrd is assembled.
+mib=1048576
+case " $params " in
+  *" rootfstype=ramfs "*) rootfs=ramfs copies=1 ;;
+  *) rootfs=tmpfs copies=2 ;;
+esac
+le32() { # FILE OFFSET: the little-endian 32-bit number at OFFSET in FILE
+  od -An -tu4 -j"$2" -N4 "$1" 2>/dev/null | tr -d ' '
+}
+case $kernel_arch in
+  x86_64) kernel_mem=$(le32 "$here/bzImage" 608) ;; # init_size
+  aarch64) kernel_mem=$(le32 "$here/bzImage" 16) ;; # image_size
+  *) kernel_mem= ;;
+esac
+[ "${kernel_mem:-0}" -gt 0 ] 2>/dev/null || kernel_mem=$((64 * mib))
+new_mib=$(((initrd_bytes + copies * unpacked_bytes) / mib + 48))
+load_mib=$((2 * (kernel_mem + initrd_bytes) / mib + 16))
+need_mib=$((new_mib > load_mib ? new_mib : load_mib))
+have_mib=$(($(awk '/^MemTotal:/ { print $2 }' /proc/meminfo) / 1024))
+if [ "$have_mib" -lt "$need_mib" ]; then
+  if [ "$new_mib" -ge "$load_mib" ]; then
+    why="the new kernel holds the $((initrd_bytes / mib)) MiB initrd while it unpacks $((unpacked_bytes / mib)) MiB from it into a $rootfs"
+  else
+    why="kexec needs room twice over for the kernel ($((kernel_mem / mib)) MiB in memory) and the $((initrd_bytes / mib)) MiB initrd to place them"
+  fi
+  ramfs_mib=$(((initrd_bytes + unpacked_bytes) / mib + 48))
+  if [ "$rootfs" = tmpfs ] && [ "$new_mib" -gt "$load_mib" ]; then
+    lower="rootfstype=ramfs on the kernel command line (nixosKexec.initramfsOnRamfs) would lower it to $((ramfs_mib > load_mib ? ramfs_mib : load_mib)) MiB; so would a smaller system"
+  else
+    lower="a smaller system would lower it"
+  fi
+  die "not enough memory: this image needs $need_mib MiB of RAM and this machine has $have_mib MiB: $why; $lower. Nothing was loaded."
+fi
+
+# --- A place on disk for the initrd with the carried files -----------------
+
+# The type of the file system DIR is on, from /proc/mounts (the last mount
+# of the longest mount point above it).
+fstype() {
+  awk -v d="$1" '
+    { m = $2; gsub(/\\040/, " ", m)
+      if (m == "/" || d == m || index(d, m "/") == 1)
+        if (length(m) >= best) { best = length(m); t = $3 } }
+    END { print t }' /proc/mounts
+}
+
+# Free KiB in DIR.
+free_kib() {
+  df -Pk "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'
+}
+
+initrd_kib=$((initrd_bytes / 1024 + 1024))
+work_parent=
+in_ram=
+for d in ${TMPDIR:-} /var/tmp /root "$here" /tmp; do
+  if [ ! -d "$d" ] || [ ! -w "$d" ]; then continue; fi
+  d=$(cd "$d" && pwd -P)
+  free=$(free_kib "$d")
+  case $(fstype "$d") in
+    tmpfs | ramfs | rootfs)
+      # Holds a second copy of the initrd in RAM: only if nothing else.
+      # ramfs and the initramfs' rootfs report no size: RAM is the limit.
+      if [ -z "$in_ram" ] && { [ "${free:-0}" -ge "$initrd_kib" ] ||
+        [ "$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)" -ge $((2 * initrd_kib)) ]; }; then
+        in_ram=$d
+      fi
+      ;;
+    *)
+      if [ -n "$free" ] && [ "$free" -ge "$initrd_kib" ]; then
+        work_parent=$d
+        break
+      fi
+      ;;
+  esac
+done
+if [ -z "$work_parent" ]; then
+  [ -n "$in_ram" ] || die "no directory with $((initrd_kib / 1024)) MiB free for the initrd with the carried files (tried \$TMPDIR, /var/tmp, /root, $here, /tmp): free some disk space, or set TMPDIR to a disk with room (where they are all in RAM, as on a rescue system, the room is RAM). Nothing was loaded."
+  work_parent=$in_ram
+  say "warning: no disk with $((initrd_kib / 1024)) MiB free; the initrd is assembled in $in_ram, which is in RAM"
+fi
+work=$(mktemp -d "$work_parent/nixos-kexec.XXXXXX") || die "cannot create a directory in $work_parent"
+trap 'rm -rf "$work"' EXIT
+trap 'exit 1' INT TERM HUP
+carry=$work/root/nixos-kexec-carry
+collect
 
 # --- The carried files as a newc cpio after initrd.gz -----------------------
 # Written here so the host needs no cpio: a 110-byte header, the name and
