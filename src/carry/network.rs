@@ -781,8 +781,17 @@ fn dhcp4(unit: &Unit) -> Result<String> {
                 if let Some(iaid) = iaid {
                     writeln!(s, "IAID={iaid}")?;
                 }
-                if let [a, b, raw @ ..] = duid.as_slice() {
-                    writeln!(s, "DUIDType={}", u16::from_be_bytes([*a, *b]))?;
+                // RFC 8415's types, by the names networkd takes (252 takes
+                // no number).
+                let kind = match duid.as_slice() {
+                    [0, 1, ..] => Some("link-layer-time"),
+                    [0, 2, ..] => Some("vendor"),
+                    [0, 3, ..] => Some("link-layer"),
+                    [0, 4, ..] => Some("uuid"),
+                    _ => None,
+                };
+                if let (Some(kind), Some(raw)) = (kind, duid.get(2..)) {
+                    writeln!(s, "DUIDType={kind}")?;
                     let hex: Vec<String> = raw.iter().map(|b| format!("{b:02x}")).collect();
                     writeln!(s, "DUIDRawData={}", hex.join(":"))?;
                 }
