@@ -2,11 +2,13 @@
 # Fetch Debian's kernel for the boot tests into DIR (default .cache/kernel):
 # DIR/vmlinuz, DIR/modules/{loop,squashfs,overlay}.ko for the stage-1
 # stand-in, DIR/modules/e1000.ko, the network card of the Debian host
-# test, and the virtio disk + ext4 stack of the disk-backed foreign host
-# (DIR/modules/disk.order lists them in insmod order). Idempotent.
+# test, the virtio disk + ext4 stack of the disk-backed foreign host
+# (DIR/modules/disk.order lists them in insmod order), and veth, 802.1Q,
+# bonding and bridge for the network shapes this machine's kernel lacks
+# (DIR/modules/net.order). Idempotent.
 set -euo pipefail
 dir=${1:-.cache/kernel}
-if [[ -f $dir/vmlinuz && -f $dir/modules/overlay.ko && -f $dir/modules/e1000.ko && -f $dir/modules/disk.order ]]; then
+if [[ -f $dir/vmlinuz && -f $dir/modules/overlay.ko && -f $dir/modules/e1000.ko && -f $dir/modules/disk.order && -f $dir/modules/net.order ]]; then
   exit 0
 fi
 pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
@@ -31,5 +33,11 @@ for m in $disk; do
 done
 # In dependency order (each module's depends= lists only earlier ones).
 for m in $disk; do basename "$m"; done > "$dir/modules/disk.order"
+net="drivers/net/veth net/llc/llc net/802/stp net/802/garp net/802/mrp net/8021q/8021q
+  net/tls/tls drivers/net/bonding/bonding net/bridge/bridge"
+for m in $net; do
+  cp "$tmp"/x/lib/modules/*/kernel/$m.ko "$dir/modules/"
+done
+for m in $net; do basename "$m"; done > "$dir/modules/net.order"
 echo "$pkg" > "$dir/version"
 echo "fetch-kernel: $pkg in $dir" >&2

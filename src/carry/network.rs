@@ -494,31 +494,53 @@ impl Units {
                 .and_then(|m| units.get(m).map(|u| (m, u)));
             let kind = unit.kind.clone().unwrap_or(Kind::Physical);
             let file = format!("00-nixos-kexec-{}", file_part(name));
-            let mut s = format!(
-                "# {name} of the host before the kexec, carried by mkkexec network.\n[Match]\n"
-            );
-            if kind == Kind::Physical {
-                match master {
-                    Some((_, m)) if m.kind == Some(Kind::Bond) => writeln!(
-                        s,
-                        "PermanentMACAddress={}",
-                        unit.permanent_mac
-                            .as_ref()
-                            .or(unit.mac.as_ref())
-                            .map_or("", |m| m)
-                    )?,
-                    _ => writeln!(s, "MACAddress={}", unit.mac.as_deref().unwrap_or(""))?,
-                }
-                if have_details {
-                    writeln!(s, "Kind=!{BUILT}")?;
-                }
+            let header =
+                format!("# {name} of the host before the kexec, carried by mkkexec network.\n");
+            // The [Match] sections of the unit: a bond's port by its own
+            // (permanent) MAC, the bond lends it the bond's; and, for NICs
+            // without one (veth, some virtual NICs), by that MAC as the
+            // current one, in a later file networkd tries second.
+            let kind_line = if have_details {
+                format!("Kind=!{BUILT}\n")
             } else {
-                writeln!(s, "Name={name}")?;
-                out.files.push((
-                    format!("{file}.netdev"),
-                    netdev(name, &kind, unit, &mut out.warnings)?,
-                ));
-            }
+                String::new()
+            };
+            let matches: Vec<(String, String)> = match (&kind, master) {
+                (Kind::Physical, Some((_, m))) if m.kind == Some(Kind::Bond) => {
+                    let own = unit.permanent_mac.as_ref().or(unit.mac.as_ref());
+                    let own = own.map_or("", |m| m);
+                    vec![
+                        (
+                            format!("{file}.network"),
+                            format!("[Match]\nPermanentMACAddress={own}\n{kind_line}"),
+                        ),
+                        (
+                            format!("01-nixos-kexec-{}-by-mac.network", file_part(name)),
+                            format!("[Match]\nMACAddress={own}\n{kind_line}"),
+                        ),
+                    ]
+                }
+                (Kind::Physical, _) => vec![(
+                    format!("{file}.network"),
+                    format!(
+                        "[Match]\nMACAddress={}\n{kind_line}",
+                        unit.mac.as_deref().unwrap_or("")
+                    ),
+                )],
+                _ => {
+                    out.files.push((
+                        format!("{file}.netdev"),
+                        netdev(name, &kind, unit, &mut out.warnings)?,
+                    ));
+                    vec![(format!("{file}.network"), format!("[Match]\nName={name}\n"))]
+                }
+            };
+            let push = |out: &mut Units, body: &str| {
+                for (file, m) in &matches {
+                    out.files.push((file.clone(), format!("{header}{m}{body}")));
+                }
+            };
+            let mut s = String::new();
             if let Some(mtu) = unit.mtu.filter(|m| *m != 1500) {
                 write!(s, "\n[Link]\nMTUBytes={mtu}\n")?;
             }
@@ -545,7 +567,7 @@ impl Units {
             }
             if port {
                 writeln!(s, "IPv6AcceptRA=no")?;
-                out.files.push((format!("{file}.network"), s));
+                push(&mut out, &s);
                 continue;
             }
             let dhcp = match (unit.dhcp4, unit.fallback) {
@@ -579,7 +601,7 @@ impl Units {
                 // address (autoconf off): neither does the new one.
                 s.push_str("\n[IPv6AcceptRA]\nUseAutonomousPrefix=no\n");
             }
-            out.files.push((format!("{file}.network"), s));
+            push(&mut out, &s);
         }
         Ok(out)
     }

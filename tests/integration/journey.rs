@@ -39,7 +39,7 @@ fn debian() -> Utf8PathBuf {
 
 /// A copy of the Debian root at `dest`, without device nodes, with the
 /// e1000 driver of the test kernel (QEMU's default network card).
-fn debian_copy(dest: &Utf8Path) {
+pub fn debian_copy(dest: &Utf8Path) {
     let k = kernel_dir();
     let version = std::fs::read_to_string(k.join("version")).expect("version");
     let version = version.trim().trim_start_matches("linux-image-");

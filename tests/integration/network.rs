@@ -10,8 +10,8 @@
 //! shared/TESTBENCH.md (private mounts, its own /run, /sys read-only).
 //!
 //! This machine's kernel has no 802.1Q or bonding: the VLAN and bond shapes
-//! are covered by the unit tests of `mkkexec network` on the JSON `ip` prints
-//! for them, not by networkd here (see README).
+//! run the same proof inside a QEMU VM with Debian's kernel and Debian's root
+//! (the test binary runs itself there).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -204,6 +204,64 @@ h -6 route add default via 2001:db8:c0::1 dev br0
     },
 ];
 
+/// The shapes that need 802.1Q and bonding: proven in a Debian VM.
+const VM_SHAPES: &[Shape] = &[
+    Shape {
+        name: "vlan",
+        nics: &[("e0", "52:54:00:d0:00:01")],
+        setup: r#"
+p link add link pe0 name pe0.7 type vlan id 7; p link set pe0.7 up
+p addr add 203.0.113.1/24 dev pe0.7; p addr add 2001:db8:7::1/64 dev pe0.7 nodad
+h link add link e0 name e0.7 type vlan id 7; h link set e0.7 up
+h addr add 203.0.113.7/24 dev e0.7; h addr add 2001:db8:7::7/64 dev e0.7 nodad
+h route add default via 203.0.113.1 dev e0.7
+h -6 route add default via 2001:db8:7::1 dev e0.7
+"#,
+        ping: &["203.0.113.1", "192.0.2.254", "2001:db8:ffff::1"],
+    },
+    Shape {
+        // Two NICs in an active-backup bond, both to the same switch.
+        name: "bond",
+        nics: &[("e0", "52:54:00:e0:00:01"), ("e1", "52:54:00:e0:00:02")],
+        setup: r#"
+p link add sw type bridge; p link set pe0 master sw; p link set pe1 master sw; p link set sw up
+p addr add 198.51.100.1/24 dev sw
+h link set e0 down; h link set e1 down
+h link add bond0 address 52:54:00:e0:00:01 type bond mode active-backup miimon 100 primary e0
+h link set e0 master bond0; h link set e1 master bond0; h link set bond0 up
+h addr add 198.51.100.9/24 dev bond0; h route add default via 198.51.100.1 dev bond0
+"#,
+        ping: &["198.51.100.1", "192.0.2.254"],
+    },
+    Shape {
+        name: "vlan-on-bond",
+        nics: &[("e0", "52:54:00:f0:00:01"), ("e1", "52:54:00:f0:00:02")],
+        setup: r#"
+p link add sw type bridge; p link set pe0 master sw; p link set pe1 master sw; p link set sw up
+p link add link sw name sw.42 type vlan id 42; p link set sw.42 up; p addr add 203.0.113.1/24 dev sw.42
+h link set e0 down; h link set e1 down
+h link add bond0 address 52:54:00:f0:00:01 type bond mode active-backup miimon 100
+h link set e0 master bond0; h link set e1 master bond0; h link set bond0 up
+h link add link bond0 name bond0.42 type vlan id 42; h link set bond0.42 up
+h addr add 203.0.113.42/24 dev bond0.42; h route add default via 203.0.113.1 dev bond0.42
+"#,
+        ping: &["203.0.113.1", "192.0.2.254"],
+    },
+    Shape {
+        // A hypervisor's bridge on a VLAN of its NIC.
+        name: "bridge-on-a-vlan",
+        nics: &[("e0", "52:54:00:f1:00:01")],
+        setup: r#"
+p link add link pe0 name pe0.5 type vlan id 5; p link set pe0.5 up; p addr add 198.51.100.1/24 dev pe0.5
+h link add link e0 name e0.5 type vlan id 5; h link set e0.5 up
+h link add br5 address 52:54:00:f1:00:01 type bridge stp_state 0 forward_delay 0
+h link set e0.5 master br5; h link set br5 up
+h addr add 198.51.100.5/24 dev br5; h route add default via 198.51.100.1 dev br5
+"#,
+        ping: &["198.51.100.1", "192.0.2.254"],
+    },
+];
+
 /// The namespaces of one shape, and what runs in them; all gone when dropped.
 struct Lab {
     p: String,
@@ -371,8 +429,11 @@ exec /lib/systemd/systemd-networkd"#,
 }
 
 fn prove(shape: &Shape) {
-    require("dnsmasq", "dnsmasq-base");
-    require("dhclient", "isc-dhcp-client");
+    for (tool, package) in [("dnsmasq", "dnsmasq-base"), ("dhclient", "isc-dhcp-client")] {
+        if shape.setup.contains(tool) {
+            require(tool, package);
+        }
+    }
     require("ping", "iputils-ping");
     require("dash", "dash");
     assert!(
@@ -523,6 +584,102 @@ fn prove(shape: &Shape) {
         );
     }
 }
+
+/// On this machine: boots Debian's kernel and root under QEMU with this test
+/// binary, which runs the test again there ([`GUEST`] set) and proves
+/// [`VM_SHAPES`] with the kernel's 802.1Q and bonding modules.
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and root, systemd-networkd (scripts/test.sh runs it)"]
+fn network_comes_back_vlan_and_bond_shapes_in_a_debian_vm() {
+    if std::env::var_os(GUEST).is_some() {
+        for shape in VM_SHAPES {
+            prove(shape);
+            println!("network shape {}: came back", shape.name);
+        }
+        return;
+    }
+    require("qemu-system-x86_64", "qemu-system-x86");
+    let dir = crate::boot::work_dir("network-vm");
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&root);
+    crate::journey::debian_copy(&root);
+    let k = crate::boot::kernel_dir();
+    let me = std::env::current_exe().expect("this test binary");
+    let mk = Utf8Path::new(env!("CARGO_BIN_EXE_mkkexec"));
+    std::fs::create_dir_all(root.join(mk.parent().expect("dir").as_str().trim_start_matches('/')))
+        .expect("mkdir");
+    sh(&format!(
+        "strip -o {root}/integration {me} && strip -o {root}{mk} {mk} && \
+         mkdir -p {root}/netmods && cp {k}/modules/*.ko {k}/modules/net.order {root}/netmods/ && \
+         cp /bin/busybox {root}/usr/local/bin/busybox && ln -sf busybox {root}/usr/local/bin/ping",
+        me = me.display()
+    ));
+    std::fs::write(
+        root.join("guest-init"),
+        format!(
+            r#"#!/bin/sh
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs run /run; mount -t tmpfs tmp /tmp
+for m in $(cat /netmods/net.order); do insmod /netmods/$m.ko; done
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin {GUEST}=1
+/integration --exact network::network_comes_back_vlan_and_bond_shapes_in_a_debian_vm \
+  --include-ignored --test-threads=1 --nocapture
+echo "guest: exit $?"
+echo o > /proc/sysrq-trigger
+"#
+        ),
+    )
+    .expect("write");
+    sh(&format!("chmod 755 {root}/guest-init"));
+    let initrd = dir.join("guest.cpio");
+    sh(&format!(
+        "cd {root} && find . | cpio -o -H newc --quiet > {initrd} && rm -rf {root}"
+    ));
+    let log = dir.join("serial.log");
+    let status = Command::new("timeout")
+        .args([
+            "--kill-after=10",
+            "1500",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+        ])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{log}"))
+        .arg("-kernel")
+        .arg(k.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 rdinit=/guest-init panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .status()
+        .expect("spawn qemu");
+    let serial = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .replace('\r', "");
+    assert!(status.success(), "qemu: {status}\n{serial}");
+    for shape in VM_SHAPES {
+        assert!(
+            serial.contains(&format!("network shape {}: came back", shape.name)),
+            "{}: did not come back in the VM\n{serial}",
+            shape.name
+        );
+    }
+    assert!(serial.contains("guest: exit 0"), "{serial}");
+}
+
+/// Set in the VM: the test runs the shapes instead of booting a VM.
+const GUEST: &str = "MKKEXEC_NETWORK_GUEST";
 
 fn shape(name: &str) -> &'static Shape {
     SHAPES
