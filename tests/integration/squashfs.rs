@@ -369,7 +369,7 @@ fn closure_hostile_inputs_get_one_clear_error() {
         r#"{"closure": [{"path": 1}]}"#,
     ));
     assert!(
-        e.contains("entry 0 of key \"closure\" is not a path info"),
+        e.contains("line 1: path is the number 1; it must be a string"),
         "{e}"
     );
     // /dev/zero is no closure.
@@ -408,6 +408,74 @@ fn closure_hostile_inputs_get_one_clear_error() {
             "{name:?} left behind"
         );
     }
+}
+
+/// Each damaged closure gets one message that says what is wrong, where
+/// (the file and the line) and what to do.
+#[test]
+fn closure_errors_say_what_where_and_what_to_do() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let text = std::fs::read_to_string(&f.registration).expect("read");
+    let first = text.lines().next().expect("a path");
+    let entry = |size: &str, refs: &str| {
+        format!(
+            "{{\n  \"closure\": [\n    {{\n      \"path\": \"{first}\",\n      \
+             \"narHash\": \"{NAR_HASH}\",\n      \"narSize\": {size},\n      \
+             \"references\": {refs}\n    }}\n  ]\n}}\n"
+        )
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("narSize-string.json", entry("\"1000\"", "[]").into_bytes()),
+        ("references-null.json", entry("1000", "null").into_bytes()),
+        (
+            "narSize-2^64.json",
+            entry("18446744073709551616", "[]").into_bytes(),
+        ),
+        (
+            "size-2^64",
+            text.replacen("\n1000\n", "\n18446744073709551616\n", 1)
+                .into_bytes(),
+        ),
+        ("blank-line", text.replacen("\n", "\n\n", 1).into_bytes()),
+        ("blank-line-at-end", format!("{text}\n").into_bytes()),
+    ];
+    let mut latin1 = text.clone().into_bytes();
+    let second_line = text.find('\n').expect("a line") + 1;
+    latin1.splice(second_line..second_line, b"caf\xe9\n".iter().copied());
+    cases.push(("latin-1", latin1));
+    let mut report = String::new();
+    for (name, bytes) in &cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).expect("write");
+        let e = fails(
+            mkkexec()
+                .args(["squashfs", "-q", "--closure"])
+                .arg(&p)
+                .arg("--root")
+                .arg(&f.root)
+                .arg("--output")
+                .arg(dir.join("out.img")),
+        );
+        report += &format!("{name}:\n{e}");
+    }
+    // A closureInfo directory whose registration is a directory.
+    let info = dir.join("closure-info");
+    std::fs::create_dir_all(info.join("registration")).expect("mkdir");
+    let e = fails(
+        mkkexec()
+            .args(["squashfs", "-q", "--closure"])
+            .arg(&info)
+            .arg("--output")
+            .arg(dir.join("out.img")),
+    );
+    report += &format!("registration-directory:\n{e}");
+    insta::with_settings!({filters => vec![
+        (r"/nix/store/[0-9a-z]{32}-", "/nix/store/HASH-"),
+    ]}, {
+        insta::assert_snapshot!("closure-errors", report.replace(dir.as_str(), "[DIR]"));
+    });
+    no_leftovers(&dir);
 }
 
 #[test]
