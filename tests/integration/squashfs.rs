@@ -586,7 +586,7 @@ fn full_disk_leaves_nothing() {
     no_leftovers(&small);
 }
 
-fn data_path(f: &Fixture) -> camino::Utf8PathBuf {
+pub fn data_path(f: &Fixture) -> camino::Utf8PathBuf {
     let data = f.paths.iter().find(|p| p.ends_with("-data")).expect("data");
     f.root.join("nix/store").join(data)
 }
