@@ -49,7 +49,7 @@ pub fn on_signals() -> Result<()> {
         .collect();
     set.thread_block()
         .context("cannot block SIGINT, SIGTERM and SIGHUP")?;
-    std::thread::Builder::new()
+    let waiter = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let Ok(signal) = set.wait() else { return };
@@ -58,8 +58,12 @@ pub fn on_signals() -> Result<()> {
             }
             eprintln!("mkkexec: {signal}: stopped; removed what was being written");
             std::process::exit(128 + signal as i32);
-        })
-        .context("cannot start the thread that handles signals")?;
+        });
+    if let Err(e) = waiter {
+        // Without the waiter, blocked signals would never stop the run.
+        let _ = set.thread_unblock();
+        return Err(e).context("cannot start the thread that handles signals");
+    }
     Ok(())
 }
 

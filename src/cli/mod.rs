@@ -14,15 +14,15 @@ use crate::level;
 use crate::squashfs::{DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
 /// The error and its causes, joined by `: ` as `{e:#}` joins them, each
-/// said once: a cause whose text the message before it already holds is
-/// left out. Libraries that print their source inside their own message
-/// (a `#[from]` field shown with `{0}`) would otherwise say it twice.
+/// said once: a cause the message before it already ends with is left out.
+/// Libraries that print their source inside their own message (a `#[from]`
+/// field shown with `{0}`) would otherwise say it twice.
 pub fn report(e: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut last = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if text.is_empty() || last.contains(&text) {
+        if text.is_empty() || last.ends_with(&text) {
             continue;
         }
         if !out.is_empty() {
