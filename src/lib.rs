@@ -23,4 +23,4 @@ mod output;
 mod progress;
 mod squashfs;
 
-pub use cli::{Cli, run};
+pub use cli::{Cli, report, run};

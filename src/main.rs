@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match mkkexec::run(mkkexec::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mkkexec: error: {e:#}");
+            eprintln!("mkkexec: error: {}", mkkexec::report(&e));
             ExitCode::FAILURE
         }
     }

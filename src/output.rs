@@ -3,6 +3,11 @@
 //! end. A failure anywhere — writing, flushing, syncing, renaming — removes
 //! the temporary, and so does SIGINT, SIGTERM or SIGHUP ([`on_signals`]).
 //!
+//! A temporary file is created 0600, and the rename keeps its mode: every
+//! output is given its final mode (0644 unless [`AtomicFile::set_mode`]
+//! says otherwise) before the rename, so that another user (an HTTP server
+//! serving a tree) can read it. Errors name the output, never the temporary.
+//!
 //! Temporary names are `.<name>.tmp-<random>`, created exclusively: a run
 //! never trips over what a SIGKILLed run left (SIGKILL cannot be caught, so
 //! such a leftover stays until removed by hand).
@@ -29,17 +34,37 @@ fn forget(path: &Utf8Path) {
     pending().retain(|p| p != path.as_std_path());
 }
 
-/// Remove every temporary under way and exit when SIGINT, SIGTERM or SIGHUP
-/// arrives. Called once by `main`.
+/// Remove every temporary under way and exit with 128 + the signal's
+/// number (130, 143, 129: what a shell reports) when SIGINT, SIGTERM or
+/// SIGHUP arrives. Called once by `run`, before any other thread starts.
+///
+/// The three signals are blocked in this thread, so in every thread started
+/// after it (compression workers inherit the mask), and one thread waits for
+/// them with `sigwait`: the cleanup runs as ordinary code, not in a signal
+/// handler.
 pub fn on_signals() -> Result<()> {
-    ctrlc::set_handler(|| {
-        for p in pending().drain(..) {
-            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-        }
-        eprintln!("mkkexec: interrupted; removed what was being written");
-        std::process::exit(130);
-    })
-    .context("cannot install the signal handler")
+    use nix::sys::signal::{SigSet, Signal};
+    let set: SigSet = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]
+        .into_iter()
+        .collect();
+    set.thread_block()
+        .context("cannot block SIGINT, SIGTERM and SIGHUP")?;
+    let waiter = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(signal) = set.wait() else { return };
+            for p in pending().drain(..) {
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+            eprintln!("mkkexec: {signal}: stopped; removed what was being written");
+            std::process::exit(128 + signal as i32);
+        });
+    if let Err(e) = waiter {
+        // Without the waiter, blocked signals would never stop the run.
+        let _ = set.thread_unblock();
+        return Err(e).context("cannot start the thread that handles signals");
+    }
+    Ok(())
 }
 
 /// The directory `dest` goes into (created: Nix builders start without
@@ -113,6 +138,8 @@ pub struct AtomicFile {
     tmp: Utf8PathBuf,
     dest: Utf8PathBuf,
     file: Option<BufWriter<File>>,
+    /// Given to the file before the rename.
+    mode: u32,
 }
 
 impl AtomicFile {
@@ -135,20 +162,27 @@ impl AtomicFile {
             tmp,
             dest: dest.to_owned(),
             file: Some(BufWriter::with_capacity(1 << 20, file)),
+            mode: 0o644,
         })
     }
 
-    /// Flush, sync and rename into place; on any failure the temporary
-    /// file is removed (by `Drop`).
+    /// Flush, give the file its mode, sync and rename into place; on any
+    /// failure the temporary file is removed (by `Drop`).
     pub fn commit(mut self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dest = &self.dest;
         let file = self.file.as_mut().context("output already committed")?;
+        // A full disk shows here; the temporary is an implementation detail.
         file.flush()
-            .with_context(|| format!("cannot write {}", self.tmp))?;
+            .with_context(|| format!("cannot write {dest}"))?;
+        file.get_ref()
+            .set_permissions(std::fs::Permissions::from_mode(self.mode))
+            .with_context(|| format!("cannot set the mode of {dest}"))?;
         file.get_ref()
             .sync_all()
-            .with_context(|| format!("cannot write {}", self.tmp))?;
-        std::fs::rename(&self.tmp, &self.dest)
-            .with_context(|| format!("cannot rename {} to {}", self.tmp, self.dest))?;
+            .with_context(|| format!("cannot write {dest}"))?;
+        std::fs::rename(&self.tmp, dest)
+            .with_context(|| format!("cannot rename {} to {dest}", self.tmp))?;
         self.file = None;
         forget(&self.tmp);
         Ok(())
@@ -157,19 +191,42 @@ impl AtomicFile {
     /// Cut the file at `len` bytes (a writer that seeks back may leave
     /// stale bytes past its real end).
     pub fn truncate(&mut self, len: u64) -> Result<()> {
+        let dest = &self.dest;
         let f = self.file.as_mut().context("output already committed")?;
-        f.flush()
-            .with_context(|| format!("cannot write {}", self.tmp))?;
+        f.flush().with_context(|| format!("cannot write {dest}"))?;
         f.get_ref()
             .set_len(len)
-            .with_context(|| format!("cannot truncate {}", self.tmp))
+            .with_context(|| format!("cannot truncate {dest}"))
     }
 
-    /// Set the permission bits before the commit.
-    pub fn set_mode(&self, mode: u32) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.tmp, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot chmod {}", self.tmp))
+    /// The permission bits the file gets at the commit (0644 by default).
+    pub fn set_mode(&mut self, mode: u32) {
+        self.mode = mode;
+    }
+}
+
+/// A reader that remembers whether a read failed: when a copy into an
+/// output fails, it tells whether to blame the source or the output (a
+/// full disk must not be reported as a source that cannot be read).
+pub struct Tracked<R> {
+    pub inner: R,
+    pub failed: bool,
+}
+
+impl<R> Tracked<R> {
+    pub fn new(inner: R) -> Self {
+        Tracked {
+            inner,
+            failed: false,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let r = self.inner.read(buf);
+        self.failed |= r.is_err();
+        r
     }
 }
 
@@ -178,7 +235,7 @@ pub fn write_file(path: &Utf8Path, contents: &[u8], mode: u32) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
     f.write_all(contents)
         .with_context(|| format!("cannot write {path}"))?;
-    f.set_mode(mode)?;
+    f.set_mode(mode);
     f.commit()
 }
 

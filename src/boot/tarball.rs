@@ -3,6 +3,7 @@
 //! ```text
 //! nixos-kexec/bin/nixos-kexec   runs ../kexec-boot
 //! nixos-kexec/bzImage, initrd.gz, kexec-boot, netboot.ipxe
+//!                               (the last when the tree has it)
 //! nixos-kexec/kexec, ip         static tools, when given or in the tree
 //!                               (kexec-boot uses them first)
 //! ```
@@ -16,8 +17,8 @@ use std::io::{self, Read};
 use anyhow::{Context, Result, bail};
 use camino::Utf8Path;
 
-use super::tree::{FILES, TOOLS};
-use crate::output::AtomicFile;
+use super::tree::{FILES, NETBOOT_IPXE, TOOLS};
+use crate::output::{AtomicFile, Tracked};
 
 fn header(path: &str, mode: u32, size: u64, kind: tar::EntryType) -> Result<tar::Header> {
     let mut h = tar::Header::new_gnu();
@@ -39,7 +40,14 @@ pub fn build(
     tools: &[(&str, &Utf8Path)],
     level: u32,
 ) -> Result<()> {
-    for (f, _) in FILES {
+    // What the tree holds: every file but netboot.ipxe, which `tree` leaves
+    // out when iPXE cannot carry the kernel parameters (kexec-boot, what the
+    // tarball is for, does not need it).
+    let files: Vec<(&str, u32)> = FILES
+        .into_iter()
+        .filter(|(f, _)| *f != NETBOOT_IPXE || tree.join(f).exists())
+        .collect();
+    for (f, _) in &files {
         if !tree.join(f).is_file() {
             bail!("{tree} is not a kexec tree: {f} is missing (make one with `mkkexec tree`)");
         }
@@ -68,11 +76,21 @@ pub fn build(
     dir(&mut tar, "nixos-kexec/")?;
     dir(&mut tar, "nixos-kexec/bin/")?;
     let mut add = |src: &Utf8Path, dest: &str, mode: u32| -> Result<()> {
-        let mut f = File::open(src).with_context(|| format!("cannot open {src}"))?;
-        let size = f.metadata()?.len();
-        file(&mut tar, &format!("nixos-kexec/{dest}"), mode, size, &mut f)
+        let f = File::open(src).with_context(|| format!("cannot open {src}"))?;
+        let size = f
+            .metadata()
+            .with_context(|| format!("cannot read {src}"))?
+            .len();
+        let mut f = Tracked::new(f);
+        file(&mut tar, &format!("nixos-kexec/{dest}"), mode, size, &mut f).map_err(|e| {
+            if f.failed {
+                anyhow::anyhow!("cannot read {src}: {}", e.root_cause())
+            } else {
+                e
+            }
+        })
     };
-    for (f, mode) in FILES {
+    for (f, mode) in files {
         add(&tree.join(f), f, mode)?;
     }
     // The tools given, else the tree's own.

@@ -23,7 +23,8 @@ use crate::nix::closure::Closure;
 use crate::output::{TempDir, write_file};
 use crate::squashfs;
 
-/// The files of a tree, with their modes.
+/// The files of a tree, with their modes. All but [`NETBOOT_IPXE`] are in
+/// every tree.
 pub const FILES: [(&str, u32); 5] = [
     ("bin/nixos-kexec", 0o755),
     ("bzImage", 0o644),
@@ -31,6 +32,10 @@ pub const FILES: [(&str, u32); 5] = [
     ("kexec-boot", 0o755),
     ("netboot.ipxe", 0o644),
 ];
+
+/// Left out of a tree whose kernel parameters iPXE cannot carry (`tree`
+/// says why when it builds it); the tree is still whole: `tarball` packs it.
+pub const NETBOOT_IPXE: &str = "netboot.ipxe";
 
 /// Static tools a tree may carry for the old host; kexec-boot uses them
 /// before the host's own.
@@ -105,7 +110,10 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     let ipxe = match script::netboot_ipxe(&spec, "bzImage", "initrd.gz") {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("mkkexec: warning: the tree gets no netboot.ipxe: {e}");
+            eprintln!(
+                "mkkexec: warning: {out} gets no {NETBOOT_IPXE}, so it cannot be netbooted \
+                 (kexec-boot and the tarball are not affected): {e}"
+            );
             false
         }
     };
@@ -121,7 +129,11 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
         }
     }
     let tmp = TempDir::beside(out)?;
-    build_in(closure, tmp.path(), opts, &toplevel.to_string(), ipxe)?;
+    build_in(closure, tmp.path(), opts, &toplevel.to_string(), ipxe).map_err(|e| {
+        // Said of the tree, not of the temporary directory it is built in
+        // (a full disk would name `.tree.tmp-…/initrd.gz`).
+        anyhow::anyhow!(crate::report(&e).replace(tmp.path().as_str(), out.as_str()))
+    })?;
     // Replace an old tree so that `out` is always one whole tree: move it
     // aside, move the new one in, then delete the old.
     let old = if out.exists() {
@@ -188,11 +200,15 @@ fn build_in(
         write_file(&dir.join(name), &bytes, 0o755)?;
     }
     std::fs::create_dir(dir.join("bin")).with_context(|| format!("cannot create {dir}/bin"))?;
+    // Whatever the umask: the tree is served by other users.
+    std::fs::set_permissions(dir.join("bin"), std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot set the mode of {dir}/bin"))?;
     write_file(
         &dir.join("bin/nixos-kexec"),
         script::NIXOS_KEXEC.as_bytes(),
         0o755,
     )?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot set the mode of {dir}"))?;
     Ok(())
 }

@@ -13,6 +13,27 @@ use crate::initrd::{FileSpec, InitrdCompression};
 use crate::level;
 use crate::squashfs::{DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
+/// The error and its causes, joined by `: ` as `{e:#}` joins them, each
+/// said once: a cause the message before it already ends with is left out.
+/// Libraries that print their source inside their own message (a `#[from]`
+/// field shown with `{0}`) would otherwise say it twice.
+pub fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || last.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mkkexec",
@@ -216,6 +237,23 @@ the old host used them, its nameservers. The NixOS module runs this before netwo
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn report_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        enum Lib {
+            #[error("std io error: {0}")]
+            Io(#[from] std::io::Error),
+        }
+        let io = std::io::Error::other("No space left on device");
+        let e = anyhow::Error::new(Lib::from(io)).context("cannot write out.img");
+        assert_eq!(
+            super::report(&e),
+            "cannot write out.img: std io error: No space left on device"
+        );
+        let e = anyhow::anyhow!("b").context("a").context("c");
+        assert_eq!(super::report(&e), "c: a: b");
+    }
+
     #[test]
     fn cli_is_consistent() {
         use clap::CommandFactory;

@@ -139,6 +139,77 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// lz4's frame format (`lz4` without `-l`), which the kernel does not
+/// unpack: `lib/decompress_unlz4.c` reads the legacy format only.
+pub const LZ4_FRAME: &str = "lz4 (frame format)";
+
+/// The largest zstd window every kernel accepts: before 5.16,
+/// `lib/decompress_unzstd.c` refused a window over `1 << ZSTD_WINDOWLOG_MAX`
+/// (27); later kernels allocate the window while unpacking.
+const KERNEL_ZSTD_WINDOW: u64 = 128 << 20;
+
+/// Why the kernel's initramfs unpacker would refuse a member that starts
+/// with `head` (of the `compression` [`sniff`] found), and what to do; None
+/// when it unpacks it, or `head` is too short to tell.
+pub fn kernel_refuses(compression: &str, head: &[u8]) -> Option<String> {
+    match compression {
+        // Stream flags: the check type is the low nibble of byte 7.
+        "xz" => {
+            let check = match head.get(7)? & 0x0f {
+                0 | 1 => return None,
+                4 => "CRC64".to_owned(),
+                10 => "SHA-256".to_owned(),
+                n => format!("check type {n}"),
+            };
+            Some(format!(
+                "xz with a {check} check, which the kernel does not unpack (it takes CRC32 or \
+                 none): recompress it with `xz --check=crc32`"
+            ))
+        }
+        "zstd" => {
+            let window = zstd_window(head)?;
+            (window > KERNEL_ZSTD_WINDOW).then(|| {
+                format!(
+                    "zstd with a {} MiB window: kernels before 5.16 refuse a window over 128 \
+                     MiB, later ones must allocate it while unpacking: recompress it without \
+                     `--long` and at level 19 or lower",
+                    window >> 20
+                )
+            })
+        }
+        LZ4_FRAME => Some(
+            "lz4 in the frame format, which the kernel does not unpack (it reads lz4's legacy \
+             format only): recompress it with `lz4 -l`"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+/// The window a zstd frame asks the decoder for, from its header
+/// (RFC 8878, 3.1.1.1).
+fn zstd_window(head: &[u8]) -> Option<u64> {
+    let descriptor = *head.get(4)?;
+    if descriptor & 0x20 == 0 {
+        let w = *head.get(5)?;
+        let base = 1u64 << (10 + (w >> 3));
+        return Some(base + base / 8 * u64::from(w & 7));
+    }
+    // Single segment: the window is the frame's content size.
+    let dict = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let at = 5 + dict;
+    let size = |n: usize| -> Option<u64> {
+        let bytes = head.get(at..at + n)?;
+        Some(bytes.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b)))
+    };
+    match descriptor >> 6 {
+        0 => size(1),
+        1 => size(2).map(|v| v + 256),
+        2 => size(4),
+        _ => size(8),
+    }
+}
+
 /// What a member of a concatenated initrd starts with.
 pub fn sniff(head: &[u8]) -> Option<&'static str> {
     Some(match head {
@@ -147,8 +218,46 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
         [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => "xz",
         [0x5d, 0, 0, ..] => "lzma",
         [0x02, 0x21, 0x4c, 0x18, ..] => "lz4 (legacy)",
+        [0x04, 0x22, 0x4d, 0x18, ..] => LZ4_FRAME,
         [b'B', b'Z', b'h', ..] => "bzip2",
         [b'0', b'7', b'0', b'7', b'0', b'1' | b'2', ..] => "none (cpio)",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xz_checks() {
+        let head = |check: u8| [0xfd, b'7', b'z', b'X', b'Z', 0, 0, check];
+        assert_eq!(kernel_refuses("xz", &head(1)), None);
+        assert_eq!(kernel_refuses("xz", &head(0)), None);
+        let crc64 = kernel_refuses("xz", &head(4)).expect("refused");
+        assert!(crc64.starts_with("xz with a CRC64 check"), "{crc64}");
+        let sha = kernel_refuses("xz", &head(10)).expect("refused");
+        assert!(sha.starts_with("xz with a SHA-256 check"), "{sha}");
+    }
+
+    #[test]
+    fn zstd_windows() {
+        // Window descriptor 0x90: 2^28 bytes (zstd --zstd=wlog=28).
+        let big = [0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x90];
+        assert_eq!(zstd_window(&big), Some(256 << 20));
+        assert!(kernel_refuses("zstd", &big).is_some());
+        // 2^23 + 3/8 of it.
+        assert_eq!(
+            zstd_window(&[0, 0, 0, 0, 0x00, 0x6b]),
+            Some((8 << 20) * 11 / 8)
+        );
+        // Single segment, a 2-byte content size: 0x0100 + 256.
+        assert_eq!(zstd_window(&[0, 0, 0, 0, 0x60, 0x00, 0x01]), Some(512));
+        assert_eq!(
+            kernel_refuses("zstd", &[0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x68]),
+            None
+        );
+        // Too short to tell.
+        assert_eq!(kernel_refuses("zstd", &[0x28, 0xb5, 0x2f, 0xfd]), None);
+    }
 }

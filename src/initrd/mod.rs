@@ -22,7 +22,7 @@ mod scan;
 pub use codec::{Codec, InitrdCompression};
 pub use scan::{check_prepend, scan, unpacked_size};
 
-use crate::output::AtomicFile;
+use crate::output::{AtomicFile, Tracked};
 use crate::progress::{Counters, Counting, Progress};
 use codec::Encoder;
 use newc::NewcWriter;
@@ -126,15 +126,23 @@ pub fn build(
     let entries = plan(files)?;
     let mut out = AtomicFile::create(output)?;
     let mut offset = 0u64;
+    let cannot_write = || format!("cannot write {output}");
     for p in prepend {
-        let mut f = File::open(p).with_context(|| format!("cannot open initrd {p} to prepend"))?;
-        offset +=
-            io::copy(&mut f, &mut out).with_context(|| format!("cannot copy {p} into {output}"))?;
+        let f = File::open(p).with_context(|| format!("cannot open initrd {p} to prepend"))?;
+        let mut f = Tracked::new(f);
+        offset += io::copy(&mut f, &mut out).with_context(|| {
+            if f.failed {
+                format!("cannot read initrd {p} to prepend")
+            } else {
+                cannot_write()
+            }
+        })?;
     }
     // The kernel finds an uncompressed cpio only at a 4-byte boundary, and
     // skips the zeros between members.
     let pad = (4 - offset % 4) % 4;
-    out.write_all(&[0u8; 3][..pad as usize])?;
+    out.write_all(&[0u8; 3][..pad as usize])
+        .with_context(cannot_write)?;
 
     let total: u64 = entries
         .values()
@@ -158,23 +166,34 @@ pub fn build(
     let mut cpio = NewcWriter::new(encoder);
     for (name, entry) in &entries {
         match entry {
-            Entry::Dir => cpio.dir(name, 0o755)?,
+            Entry::Dir => cpio.dir(name, 0o755).with_context(cannot_write)?,
             Entry::File { src, perm, size } => {
                 let f = File::open(src).with_context(|| format!("cannot open {src}"))?;
-                let r = Counting {
+                let mut r = Tracked::new(Counting {
                     inner: f,
                     counters: Arc::clone(&counters),
-                };
-                cpio.file(name, *perm, *size, r)
-                    .with_context(|| format!("cannot archive {src}"))?;
+                });
+                cpio.file(name, *perm, *size, &mut r).map_err(|e| {
+                    // A read error, a write error (a full disk), or the
+                    // file's size not matching its content.
+                    let what = if r.failed {
+                        format!("cannot read {src}")
+                    } else if e.downcast_ref::<io::Error>().is_some() {
+                        cannot_write()
+                    } else {
+                        format!("cannot archive {src}")
+                    };
+                    e.context(what)
+                })?;
                 counters.add_file();
             }
         }
     }
     let out = cpio
-        .finish()?
         .finish()
-        .with_context(|| format!("cannot compress {output}"))?;
+        .with_context(cannot_write)?
+        .finish()
+        .with_context(cannot_write)?;
     drop(progress);
     out.commit()
 }

@@ -7,10 +7,10 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::codec::sniff;
+use super::codec::{LZ4_FRAME, kernel_refuses, sniff};
 use crate::progress::{Counters, Counting};
 
 /// Check that `path` is an initrd the kernel can unpack: a regular file
@@ -48,6 +48,12 @@ pub fn check_prepend(path: &Utf8Path) -> Result<()> {
             break;
         }
     }
+    if let Some(LZ4_FRAME) = sniff(&head) {
+        bail!(
+            "{path} is lz4 in the frame format, which the kernel does not unpack (it reads \
+             lz4's legacy format only): recompress it with `lz4 -l`"
+        );
+    }
     if sniff(&head).is_none() {
         bail!(
             "{path} is not an initrd: it starts with neither a newc cpio header nor a \
@@ -64,6 +70,8 @@ pub struct Segment {
     pub compression: &'static str,
     /// name, mode, size
     pub entries: Vec<(String, u32, u64)>,
+    /// Why the kernel would not unpack this member, and what to do.
+    pub kernel_refuses: Option<String>,
 }
 
 impl Segment {
@@ -72,23 +80,49 @@ impl Segment {
     }
 }
 
-/// Read the cpio entries from `r` up to the trailer, then drain `r`.
+/// Read the cpio entries from `r` up to the trailer, then drain `r`. An
+/// error says where in the member reading stopped and why, as the end of
+/// a sentence that starts with the member.
 fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
+    let fail = |e: io::Error, at: String| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            anyhow!("is cut short: the file ends {at}; copy or build the initrd again")
+        } else {
+            anyhow!("is damaged {at}: {e}; build the initrd again")
+        }
+    };
     loop {
-        let e = cpio::NewcReader::new(r).context("not a newc cpio archive")?;
+        let k = seg.entries.len() + 1;
+        let mut e = cpio::NewcReader::new(r)
+            .map_err(|e| fail(e, format!("in the newc header of entry {k}")))?;
         if e.entry().is_trailer() {
-            r = e.finish()?;
+            r = e
+                .finish()
+                .map_err(|e| fail(e, "in the cpio trailer".into()))?;
             break;
         }
-        seg.entries.push((
+        let (name, mode, size) = (
             e.entry().name().to_owned(),
             e.entry().mode(),
-            e.entry().file_size() as u64,
-        ));
-        r = e.finish()?;
+            u64::from(e.entry().file_size()),
+        );
+        let at = || format!("in the data of entry {k}, {name} ({size} bytes)");
+        // Read here rather than in `finish`, which skips what is missing
+        // without a word: a cut would show as a bad header after it.
+        let got = io::copy(&mut e, &mut io::sink()).map_err(|e| fail(e, at()))?;
+        if got < size {
+            return Err(fail(io::ErrorKind::UnexpectedEof.into(), at()));
+        }
+        r = e.finish().map_err(|e| fail(e, at()))?;
+        seg.entries.push((name, mode, size));
     }
     if drain {
-        io::copy(&mut r, &mut io::sink())?;
+        io::copy(&mut r, &mut io::sink()).map_err(|e| {
+            fail(
+                e,
+                "at the end of its compressed stream (whose check covers all of it)".into(),
+            )
+        })?;
     }
     Ok(())
 }
@@ -118,29 +152,48 @@ pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
             }
         }
         let offset = read.bytes.load(Ordering::Relaxed) - r.buffer().len() as u64;
-        let head = r.fill_buf()?;
-        let compression = sniff(head)
-            .with_context(|| format!("{path}: unknown data at byte {offset}: not a cpio or a compression the kernel knows"))?;
+        let head = r
+            .fill_buf()
+            .with_context(|| format!("cannot read {path}"))?;
+        let compression = sniff(head).with_context(|| {
+            format!(
+                "{path}: unknown data at byte {offset}: not a cpio or a compression the kernel \
+                 knows; the initrd is damaged, or not an initrd from there on"
+            )
+        })?;
         let mut seg = Segment {
             offset,
             compression,
             entries: vec![],
+            kernel_refuses: kernel_refuses(compression, head),
         };
-        let ctx = || format!("{path}: member at byte {offset} ({compression})");
-        match compression {
-            "gzip" => read_cpio(flate2::bufread::GzDecoder::new(&mut r), &mut seg, true)
-                .with_context(ctx)?,
-            "zstd" => {
-                let d = zstd::stream::read::Decoder::with_buffer(&mut r)?.single_frame();
-                read_cpio(d, &mut seg, true).with_context(ctx)?
-            }
-            "xz" => read_cpio(liblzma::bufread::XzDecoder::new(&mut r), &mut seg, true)
-                .with_context(ctx)?,
-            "none (cpio)" => read_cpio(&mut r, &mut seg, false).with_context(ctx)?,
-            other => bail!(
-                "{path}: member at byte {offset} is {other}, which mkkexec cannot read (the kernel may)"
-            ),
+        if compression == LZ4_FRAME {
+            bail!(
+                "{path}: the member at byte {offset} is {}",
+                seg.kernel_refuses.unwrap_or_default()
+            );
         }
+        let read = match compression {
+            "gzip" => read_cpio(flate2::bufread::GzDecoder::new(&mut r), &mut seg, true),
+            "zstd" => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(&mut r)
+                    .with_context(|| format!("cannot start a zstd decoder for {path}"))?
+                    .single_frame();
+                // Read any window zstd allows (its default stops at 128 MiB),
+                // so that a window the kernel may refuse is warned of, not
+                // an error here.
+                d.window_log_max(31)
+                    .with_context(|| format!("cannot start a zstd decoder for {path}"))?;
+                read_cpio(d, &mut seg, true)
+            }
+            "xz" => read_cpio(liblzma::bufread::XzDecoder::new(&mut r), &mut seg, true),
+            "none (cpio)" => read_cpio(&mut r, &mut seg, false),
+            other => bail!(
+                "{path}: the member at byte {offset} is {other}, which mkkexec cannot read (the \
+                 kernel may)"
+            ),
+        };
+        read.map_err(|e| anyhow!("{path}: the member at byte {offset} ({compression}) {e}"))?;
         segments.push(seg);
     }
 }
@@ -152,7 +205,17 @@ pub fn unpacked_size(paths: &[Utf8PathBuf]) -> Result<u64> {
     let mut total = 0;
     for p in paths {
         total += match scan(p) {
-            Ok(segments) => segments.iter().map(Segment::unpacked_size).sum::<u64>(),
+            Ok(segments) => {
+                for s in &segments {
+                    if let Some(why) = &s.kernel_refuses {
+                        eprintln!(
+                            "mkkexec: warning: {p}: the member at byte {} is {why}",
+                            s.offset
+                        );
+                    }
+                }
+                segments.iter().map(Segment::unpacked_size).sum::<u64>()
+            }
             Err(e) => {
                 let size = std::fs::metadata(p)
                     .with_context(|| format!("cannot read {p}"))?

@@ -24,16 +24,171 @@ pub struct Closure {
     file: Option<Utf8PathBuf>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One path info of a JSON closure, its fields' types checked.
 struct JsonPathInfo {
     path: String,
     nar_hash: String,
     nar_size: u64,
-    #[serde(default)]
     references: Vec<String>,
-    #[serde(default)]
     deriver: Option<String>,
+}
+
+/// What a JSON value is, for messages: `a string ("12")`, `null`, ….
+fn kind(v: &serde_json::Value) -> String {
+    use serde_json::Value as V;
+    match v {
+        V::Null => "null".into(),
+        V::Bool(b) => format!("{b}"),
+        V::Number(n) => format!("the number {n}"),
+        V::String(s) => format!("a string ({s:?})"),
+        V::Array(_) => "a list".into(),
+        V::Object(_) => "an object".into(),
+    }
+}
+
+fn string(key: &str, v: serde_json::Value) -> Result<String, String> {
+    match v {
+        serde_json::Value::String(s) => Ok(s),
+        other => Err(format!("{key} is {}; it must be a string", kind(&other))),
+    }
+}
+
+fn nar_size(v: serde_json::Value) -> Result<u64, String> {
+    use serde_json::Value as V;
+    match &v {
+        V::Number(n) => n.as_u64().ok_or_else(|| {
+            // serde_json reads an integer past u64 as a float.
+            if n.as_f64().is_some_and(|f| f >= u64::MAX as f64) {
+                // Its float form (1.8446744073709552e19) would only puzzle.
+                format!(
+                    "narSize is too large: no NAR is larger than {} bytes (2^64 - 1); is the \
+                     file damaged?",
+                    u64::MAX
+                )
+            } else {
+                format!("narSize {n} is not a whole number of bytes")
+            }
+        }),
+        V::String(s) => Err(format!(
+            "narSize is a string ({s:?}); it must be a number of bytes, without quotes"
+        )),
+        other => Err(format!(
+            "narSize is {}; it must be a number of bytes",
+            kind(other)
+        )),
+    }
+}
+
+fn references(v: serde_json::Value) -> Result<Vec<String>, String> {
+    match v {
+        serde_json::Value::Array(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                serde_json::Value::String(s) => Ok(s),
+                other => Err(format!(
+                    "references[{i}] is {}; it must be a store path",
+                    kind(&other)
+                )),
+            })
+            .collect(),
+        serde_json::Value::Null => Err(
+            "references is null; it must be a list of store paths ([] for a path without \
+             references)"
+                .into(),
+        ),
+        other => Err(format!(
+            "references is {}; it must be a list of store paths",
+            kind(&other)
+        )),
+    }
+}
+
+/// Checks each field by hand, so that a wrong type names its field (serde's
+/// derived errors say "invalid type: string, expected u64" and no more);
+/// serde_json adds the line.
+impl<'de> Deserialize<'de> for JsonPathInfo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JsonPathInfo;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path info object ({\"path\": …, \"narHash\": …, …})")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonPathInfo, A::Error> {
+                use serde::de::Error;
+                use serde_json::Value;
+                let (mut path, mut hash, mut size, mut refs, mut deriver) =
+                    (None, None, None, None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    let checked = match key.as_str() {
+                        "path" => string(&key, map.next_value()?).map(|v| path = Some(v)),
+                        "narHash" => string(&key, map.next_value()?).map(|v| hash = Some(v)),
+                        "narSize" => nar_size(map.next_value()?).map(|v| size = Some(v)),
+                        "references" => references(map.next_value()?).map(|v| refs = Some(v)),
+                        "deriver" => match map.next_value::<Value>()? {
+                            Value::Null => Ok(()),
+                            v => string(&key, v).map(|v| deriver = Some(v)),
+                        },
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            Ok(())
+                        }
+                    };
+                    checked.map_err(A::Error::custom)?;
+                }
+                let missing = |key: &str| A::Error::custom(format!("the path info has no {key}"));
+                Ok(JsonPathInfo {
+                    path: path.ok_or_else(|| missing("path"))?,
+                    nar_hash: hash.ok_or_else(|| missing("narHash"))?,
+                    nar_size: size.ok_or_else(|| missing("narSize"))?,
+                    references: refs.unwrap_or_default(),
+                    deriver,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The list under `attr` in a structured-attrs object, read from the text
+/// (not from a [`serde_json::Value`]) so that an error has its line.
+struct AttrList<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AttrList<'_> {
+    type Value = Vec<JsonPathInfo>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AttrList<'_> {
+    type Value = Vec<JsonPathInfo>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut list = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.0 {
+                list = map.next_value()?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// serde_json's error as `line N: what` (it says "what at line N column C").
+fn located(e: serde_json::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let what = text.strip_suffix(&suffix).unwrap_or(&text);
+    anyhow::anyhow!("line {}: {what}", e.line())
 }
 
 /// Larger than any closure's registration or JSON (a NixOS system's is a
@@ -105,6 +260,12 @@ impl Closure {
     pub fn load(input: &Utf8Path, attr: &str) -> Result<Self> {
         let file: Utf8PathBuf = if input.is_dir() {
             let reg = input.join("registration");
+            if reg.is_dir() {
+                bail!(
+                    "{reg} is a directory; a closureInfo output holds a `registration` file: \
+                     pass a closureInfo output, a registration file or a structured-attrs JSON file"
+                );
+            }
             if !reg.is_file() {
                 bail!(
                     "{input} is a directory without a `registration` file; pass a closureInfo \
@@ -128,8 +289,22 @@ impl Closure {
                 meta.len()
             );
         }
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read closure {file}"))?;
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read closure {file}"))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = at
+                - bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
+            anyhow::anyhow!(
+                "in closure {file}: line {line} is not UTF-8 (at byte {column} of the line); \
+                 a closure holds only store paths, hashes and numbers: is it the right file?"
+            )
+        })?;
         // An editor's byte order mark is not part of either format.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let paths = if text.trim_start().starts_with(['{', '[']) {
@@ -147,7 +322,7 @@ impl Closure {
     /// bare list of path infos (`nix path-info --json --recursive`).
     fn from_json(text: &str, attr: &str) -> Result<Vec<PathInfo>> {
         let Strict(value) = serde_json::from_str(text)?;
-        let (list, attr) = match value {
+        let (list, attr, key) = match value {
             serde_json::Value::Object(mut top) => {
                 let list = top.remove(attr).with_context(|| {
                     let keys: Vec<&str> = top.keys().map(String::as_str).collect();
@@ -157,18 +332,26 @@ impl Closure {
                         keys.join(", ")
                     )
                 })?;
-                (list, format!("key {attr:?}"))
+                (list, format!("key {attr:?}"), Some(attr))
             }
-            list => (list, "the list".to_owned()),
+            list => (list, "the list".to_owned(), None),
         };
-        let serde_json::Value::Array(list) = list else {
+        if !list.is_array() {
             bail!("{attr} is not a list of path infos");
+        }
+        // Read again, typed, from the text: a field of the wrong type is
+        // named with its line.
+        let list: Vec<JsonPathInfo> = match key {
+            None => serde_json::from_str(text).map_err(located)?,
+            Some(key) => {
+                use serde::de::DeserializeSeed;
+                let mut de = serde_json::Deserializer::from_str(text);
+                AttrList(key).deserialize(&mut de).map_err(located)?
+            }
         };
         list.into_iter()
             .enumerate()
             .map(|(i, j)| {
-                let j: JsonPathInfo = serde_json::from_value(j)
-                    .with_context(|| format!("entry {i} of {attr} is not a path info"))?;
                 let ctx = || format!("entry {i} of {attr} ({})", j.path);
                 Ok(PathInfo {
                     path: StorePath::from_absolute_path(&j.path).with_context(ctx)?,

@@ -54,12 +54,25 @@ pub enum RegistrationError {
     InvalidPath { line: usize, cause: StorePathError },
     #[error("line {line}: bad NAR hash: {cause}")]
     InvalidHash { line: usize, cause: HashError },
+    #[error(
+        "line {line} is empty where {expected} was expected; the only empty line a \
+         registration holds is a missing deriver's: remove it, or write the closure again"
+    )]
+    Blank { line: usize, expected: String },
     #[error("line {line}: NAR size {text:?} is not a whole number of bytes")]
     InvalidSize { line: usize, text: String },
+    #[error(
+        "line {line}: NAR size {text} is too large: no NAR is larger than {} bytes \
+         (2^64 - 1); is the file damaged?",
+        u64::MAX
+    )]
+    SizeTooLarge { line: usize, text: String },
     #[error("line {line}: bad deriver: {cause}")]
     InvalidDeriver { line: usize, cause: StorePathError },
     #[error("line {line}: reference count {text:?} is not a whole number")]
     InvalidCount { line: usize, text: String },
+    #[error("line {line}: reference count {text} is too large; is the file damaged?")]
+    CountTooLarge { line: usize, text: String },
     #[error("line {line}: bad reference: {cause}")]
     InvalidReference { line: usize, cause: StorePathError },
 }
@@ -92,6 +105,39 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// `text` unless it is empty (where a path, a hash or a number must be).
+fn filled(
+    (line, text): (usize, &str),
+    expected: impl FnOnce() -> String,
+) -> Result<(usize, &str), RegistrationError> {
+    if text.is_empty() {
+        return Err(RegistrationError::Blank {
+            line,
+            expected: expected(),
+        });
+    }
+    Ok((line, text))
+}
+
+/// A number, or why it is not one.
+fn number<T: std::str::FromStr<Err = std::num::ParseIntError>>(
+    line: usize,
+    text: &str,
+    invalid: fn(usize, String) -> RegistrationError,
+    too_large: fn(usize, String) -> RegistrationError,
+) -> Result<T, RegistrationError> {
+    text.parse().map_err(|e: std::num::ParseIntError| {
+        // Digits only: "+1" would parse, and "-1" would be an underflow.
+        if *e.kind() == std::num::IntErrorKind::PosOverflow
+            && text.bytes().all(|b| b.is_ascii_digit())
+        {
+            too_large(line, text.to_owned())
+        } else {
+            invalid(line, text.to_owned())
+        }
+    })
+}
+
 /// Parse a whole registration.
 pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
     // A final newline ends the last line; it does not start an empty one.
@@ -116,20 +162,27 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
         last,
     };
     let mut infos = Vec::new();
-    while let Some((line, path)) = lines.try_next() {
+    while let Some(next) = lines.try_next() {
+        let (line, path) = filled(next, || "a store path".to_owned())?;
         let path = StorePath::from_absolute_path(path)
             .map_err(|cause| RegistrationError::InvalidPath { line, cause })?;
         let p = path.to_absolute_path();
 
-        let (line, hash) = lines.next("the NAR hash", &p)?;
+        let (line, hash) = filled(lines.next("the NAR hash", &p)?, || {
+            format!("the NAR hash of {p}")
+        })?;
         let nar_hash = NixHash::parse_nar(hash)
             .map_err(|cause| RegistrationError::InvalidHash { line, cause })?;
 
-        let (line, size) = lines.next("the NAR size", &p)?;
-        let nar_size = size.parse().map_err(|_| RegistrationError::InvalidSize {
-            line,
-            text: size.to_owned(),
+        let (line, size) = filled(lines.next("the NAR size", &p)?, || {
+            format!("the NAR size of {p}")
         })?;
+        let nar_size = number(
+            line,
+            size,
+            |line, text| RegistrationError::InvalidSize { line, text },
+            |line, text| RegistrationError::SizeTooLarge { line, text },
+        )?;
 
         let (line, deriver) = lines.next("the deriver line", &p)?;
         let deriver = match deriver {
@@ -140,15 +193,21 @@ pub fn parse(text: &str) -> Result<Vec<PathInfo>, RegistrationError> {
             ),
         };
 
-        let (line, count) = lines.next("the reference count", &p)?;
-        let count: usize = count.parse().map_err(|_| RegistrationError::InvalidCount {
-            line,
-            text: count.to_owned(),
+        let (line, count) = filled(lines.next("the reference count", &p)?, || {
+            format!("the reference count of {p}")
         })?;
+        let count: usize = number(
+            line,
+            count,
+            |line, text| RegistrationError::InvalidCount { line, text },
+            |line, text| RegistrationError::CountTooLarge { line, text },
+        )?;
 
         let mut references = Vec::with_capacity(count.min(4096));
         for _ in 0..count {
-            let (line, r) = lines.next("a reference", &p)?;
+            let (line, r) = filled(lines.next("a reference", &p)?, || {
+                format!("a reference of {p}")
+            })?;
             references.push(
                 StorePath::from_absolute_path(r)
                     .map_err(|cause| RegistrationError::InvalidReference { line, cause })?,
@@ -281,6 +340,46 @@ mod tests {
             err(format!("{A}\n{H}\n-1\n\n0\n")),
             RegistrationError::InvalidSize { line: 3, .. }
         ));
+    }
+
+    #[test]
+    fn size_too_large() {
+        let e = err(format!("{A}\n{H}\n18446744073709551616\n\n0\n"));
+        assert_eq!(
+            e.to_string(),
+            "line 3: NAR size 18446744073709551616 is too large: no NAR is larger than \
+             18446744073709551615 bytes (2^64 - 1); is the file damaged?"
+        );
+        // The largest is fine.
+        assert!(parse(&format!("{A}\n{H}\n18446744073709551615\n\n0\n")).is_ok());
+        assert!(matches!(
+            err(format!("{A}\n{H}\n1\n\n99999999999999999999999\n")),
+            RegistrationError::CountTooLarge { line: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn blank_lines_say_what_was_expected() {
+        let e = err(format!("{A}\n{H}\n1\n\n0\n\n{B}\n{H}\n1\n\n0\n"));
+        assert_eq!(
+            e.to_string(),
+            "line 6 is empty where a store path was expected; the only empty line a \
+             registration holds is a missing deriver's: remove it, or write the closure again"
+        );
+        assert_eq!(
+            err(format!("{A}\n\n1\n\n0\n")),
+            RegistrationError::Blank {
+                line: 2,
+                expected: format!("the NAR hash of {A}")
+            }
+        );
+        assert_eq!(
+            err(format!("{A}\n{H}\n1\n\n1\n\n")),
+            RegistrationError::Blank {
+                line: 6,
+                expected: format!("a reference of {A}")
+            }
+        );
     }
 
     #[test]

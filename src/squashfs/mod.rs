@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use backhand::kind::Kind;
-use backhand::{FilesystemWriter, NodeHeader};
+use backhand::{BackhandError, FilesystemWriter, NodeHeader};
 use camino::Utf8Path;
 
 mod codec;
@@ -42,6 +42,23 @@ pub struct Options {
     pub quiet: bool,
 }
 
+/// A source file that failed while the image was written. backhand hands
+/// it back inside its `StdIo` error, from which [`write_error`] takes it out:
+/// the fault is the file's, not the output's.
+#[derive(Debug)]
+struct SourceFault {
+    path: PathBuf,
+    what: String,
+}
+
+impl std::fmt::Display for SourceFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for SourceFault {}
+
 /// Opens its file at the first read and closes it at the end, so that only
 /// one file is open at a time; counts progress; names the file in errors.
 struct LazyReader {
@@ -53,38 +70,88 @@ struct LazyReader {
     counters: Arc<Counters>,
 }
 
+impl LazyReader {
+    fn fault(&self, kind: io::ErrorKind, what: String) -> io::Error {
+        io::Error::new(
+            kind,
+            SourceFault {
+                path: self.path.clone(),
+                what,
+            },
+        )
+    }
+}
+
 impl Read for LazyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let wrap = |e: io::Error, path: &Path| {
-            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        let cannot_read = |this: &Self, e: io::Error| {
+            this.fault(
+                e.kind(),
+                format!(
+                    " cannot be read while the image is written ({e}); make it readable to \
+                     this user, or rebuild the store path"
+                ),
+            )
         };
         if self.done {
             return Ok(0);
         }
         if self.file.is_none() {
-            self.file = Some(File::open(&self.path).map_err(|e| wrap(e, &self.path))?);
+            let f = File::open(&self.path).map_err(|e| cannot_read(self, e))?;
+            self.file = Some(f);
             self.counters.add_file();
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(0);
         };
-        let n = file.read(buf).map_err(|e| wrap(e, &self.path))?;
+        let n = match file.read(buf) {
+            Ok(n) => n,
+            Err(e) => return Err(cannot_read(self, e)),
+        };
         self.read += n as u64;
         self.counters.add_bytes(n as u64);
         if n == 0 {
             self.file = None;
             self.done = true;
             if self.read != self.size {
-                return Err(io::Error::other(format!(
-                    "{}: changed size while being packed ({} bytes, then {})",
-                    self.path.display(),
-                    self.size,
-                    self.read
-                )));
+                let how = if self.read > self.size {
+                    "grew"
+                } else {
+                    "shrank"
+                };
+                return Err(self.fault(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        " changed while it was read: it {how} from {} to {} bytes. Something \
+                         writes to it, or its size is not its content (a /proc or /sys file); \
+                         pack a store that nothing changes",
+                        self.size, self.read
+                    ),
+                ));
             }
         }
         Ok(n)
     }
+}
+
+/// backhand's error as the cause it stands for: its `StdIo` says "std io
+/// error: X" and has X as its source, which would print X twice.
+fn backhand_error(e: BackhandError) -> anyhow::Error {
+    match e {
+        BackhandError::StdIo(io) => anyhow::Error::new(io),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// What failed while the image was written: a source file (named, and
+/// blamed alone) or the output.
+fn write_error(e: BackhandError, output: &Utf8Path) -> anyhow::Error {
+    if let BackhandError::StdIo(io) = &e
+        && let Some(fault) = io.get_ref().and_then(|i| i.downcast_ref::<SourceFault>())
+    {
+        return anyhow::anyhow!("{fault}");
+    }
+    backhand_error(e).context(format!("cannot write squashfs {output}"))
 }
 
 /// Totals found while walking the closure.
@@ -116,7 +183,10 @@ impl Walker {
         if ft.is_symlink() {
             let target = std::fs::read_link(src)
                 .with_context(|| format!("cannot read symlink {}", src.display()))?;
-            self.fs.push_symlink(target, dest, h).with_context(ctx)?;
+            self.fs
+                .push_symlink(target, dest, h)
+                .map_err(backhand_error)
+                .with_context(ctx)?;
         } else if ft.is_file() {
             let size = meta.len();
             let reader = LazyReader {
@@ -127,11 +197,17 @@ impl Walker {
                 done: false,
                 counters: Arc::clone(&self.counters),
             };
-            self.fs.push_file(reader, dest, h).with_context(ctx)?;
+            self.fs
+                .push_file(reader, dest, h)
+                .map_err(backhand_error)
+                .with_context(ctx)?;
             self.stats.files += 1;
             self.stats.bytes += size;
         } else if ft.is_dir() {
-            self.fs.push_dir(dest, h).with_context(ctx)?;
+            self.fs
+                .push_dir(dest, h)
+                .map_err(backhand_error)
+                .with_context(ctx)?;
             let mut entries = std::fs::read_dir(src)
                 .with_context(|| format!("cannot list {}", src.display()))?
                 .map(|e| e.map(|e| e.file_name()))
@@ -185,6 +261,7 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
 
     let reg_name = Path::new("nix-path-registration");
     w.fs.push_file(io::Cursor::new(registration), reg_name, header(0o644))
+        .map_err(backhand_error)
         .context("cannot add nix-path-registration")?;
     for info in &closure.paths {
         let src = closure.source(root, &info.path);
@@ -197,9 +274,7 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
 
     let mut out = AtomicFile::create(output)?;
     let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
-    let (_, len) = fs
-        .write(&mut out)
-        .with_context(|| format!("cannot write squashfs {output}"))?;
+    let (_, len) = fs.write(&mut out).map_err(|e| write_error(e, output))?;
     // backhand writes a duplicate file's data, then seeks back over it; when
     // that was the last data, stale bytes stay past the image's end.
     out.truncate(len)?;

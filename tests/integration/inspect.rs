@@ -5,7 +5,8 @@
 
 use std::process::Command;
 
-use crate::common::{mkkexec, noise, ok, require, tempdir};
+use crate::common::*;
+use crate::squashfs::data_path;
 
 /// Damage copies of `image` in `cases` ways and inspect each.
 fn fuzz(image: &[u8], dir: &camino::Utf8Path, cases: u64) {
@@ -87,4 +88,127 @@ fn inspect_survives_damaged_initrds() {
         .arg("-o")
         .arg(&initrd));
     fuzz(&std::fs::read(&initrd).expect("read"), &dir, 300);
+}
+
+/// `inspect`'s stderr for `file`, the temporary directory hidden.
+fn inspect_stderr(file: &camino::Utf8Path, dir: &camino::Utf8Path) -> String {
+    let out = mkkexec().arg("inspect").arg(file).output().expect("spawn");
+    String::from_utf8_lossy(&out.stderr).replace(dir.as_str(), "[DIR]")
+}
+
+/// A cut or damaged image gets one sentence: what is wrong, where, what to
+/// do; never a cause twice or a library's debug text.
+#[test]
+fn inspect_says_how_an_image_is_damaged() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let img = dir.join("store.squashfs");
+    ok(mkkexec()
+        .args(["squashfs", "-q", "--squashfs-level", "1", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .arg("-o")
+        .arg(&img));
+    let image = std::fs::read(&img).expect("read");
+    let u64_at = |at: usize| u64::from_le_bytes(image[at..at + 8].try_into().expect("8 bytes"));
+    let inode_table = u64_at(64) as usize;
+    let initrd = |compression: &str| {
+        let out = dir.join(format!("initrd.{compression}"));
+        ok(mkkexec()
+            .args([
+                "initrd",
+                "-q",
+                "--initrd-compression",
+                compression,
+                "--file",
+            ])
+            .arg(format!("{}:/a", data_path(&f).join("big")))
+            .arg("--file")
+            .arg(format!("{}:/b/c", data_path(&f).join("share/dup1")))
+            .arg("-o")
+            .arg(&out));
+        std::fs::read(&out).expect("read")
+    };
+    let (none, zstd) = (initrd("none"), initrd("zstd"));
+    let mut damaged_zstd = zstd.clone();
+    let middle = damaged_zstd.len() / 2;
+    damaged_zstd[middle] ^= 0xff;
+    let mut magic = image.clone();
+    // The first metadata block's zstd frame, its magic number broken.
+    magic[inode_table + 2] ^= 0xff;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("squashfs cut in half", image[..image.len() / 2].to_vec()),
+        ("squashfs cut in the superblock", image[..50].to_vec()),
+        ("squashfs with a broken metadata block", magic),
+        (
+            "uncompressed initrd cut in a file",
+            none[..none.len() / 2].to_vec(),
+        ),
+        (
+            "uncompressed initrd cut in a header",
+            none[..none.len() - 150].to_vec(),
+        ),
+        ("zstd initrd cut", zstd[..zstd.len() / 2].to_vec()),
+        ("zstd initrd damaged", damaged_zstd),
+    ];
+    let mut report = String::new();
+    for (name, bytes) in cases {
+        let p = dir.join("damaged");
+        std::fs::write(&p, bytes).expect("write");
+        report += &format!("{name}:\n{}", inspect_stderr(&p, &dir));
+    }
+    insta::assert_snapshot!("inspect-damaged", report);
+}
+
+/// A member the kernel would not unpack is reported, whatever else the
+/// initrd holds, with what to do about it.
+#[test]
+fn inspect_warns_of_members_the_kernel_refuses() {
+    require("xz", "xz-utils");
+    require("zstd", "zstd");
+    let (_t, dir) = tempdir();
+    let s1 = stage1_gz(&dir);
+    let cpio = sh(&format!(
+        "cd {dir}/stage1 && find . | sort | cpio -o -H newc --quiet --reproducible --owner=0:0 \
+         > {dir}/plain.cpio && echo {dir}/plain.cpio"
+    ));
+    let cpio = cpio.trim();
+    let mut initrd = std::fs::read(&s1).expect("read");
+    for (name, cmd) in [
+        ("crc64", "xz --check=crc64 -c"),
+        ("sha256", "xz --check=sha256 -c"),
+        ("crc32", "xz --check=crc32 -c"),
+        ("wlog28", "zstd -q --zstd=wlog=28 -c"),
+    ] {
+        sh(&format!("{cmd} < {cpio} > {dir}/{name}"));
+        while !initrd.len().is_multiple_of(4) {
+            initrd.push(0);
+        }
+        initrd.extend(std::fs::read(dir.join(name)).expect("read"));
+    }
+    let all = dir.join("initrd");
+    std::fs::write(&all, &initrd).expect("write");
+    let out = mkkexec().arg("inspect").arg(&all).output().expect("spawn");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let members: Vec<&str> = stdout.lines().filter(|l| l.starts_with("member")).collect();
+    assert_eq!(members.len(), 5, "{stdout}");
+    let mut report = String::from_utf8_lossy(&out.stderr).replace(dir.as_str(), "[DIR]");
+    // lz4's frame format (what `lz4` writes without -l): refused outright,
+    // and as an initrd to prepend.
+    let mut lz4 = vec![0x04, 0x22, 0x4d, 0x18];
+    lz4.extend_from_slice(&[0x64, 0x40, 0xa7, 0, 0, 0, 0]);
+    let lz4_file = dir.join("frame.lz4");
+    std::fs::write(&lz4_file, &lz4).expect("write");
+    report += &inspect_stderr(&lz4_file, &dir);
+    let e = fails(
+        mkkexec()
+            .args(["initrd", "--prepend-initrd"])
+            .arg(&lz4_file)
+            .arg("-o")
+            .arg(dir.join("o")),
+    );
+    report += &e.replace(dir.as_str(), "[DIR]");
+    insta::assert_snapshot!("inspect-kernel-refuses", report);
 }

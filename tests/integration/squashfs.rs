@@ -369,7 +369,7 @@ fn closure_hostile_inputs_get_one_clear_error() {
         r#"{"closure": [{"path": 1}]}"#,
     ));
     assert!(
-        e.contains("entry 0 of key \"closure\" is not a path info"),
+        e.contains("line 1: path is the number 1; it must be a string"),
         "{e}"
     );
     // /dev/zero is no closure.
@@ -410,6 +410,74 @@ fn closure_hostile_inputs_get_one_clear_error() {
     }
 }
 
+/// Each damaged closure gets one message that says what is wrong, where
+/// (the file and the line) and what to do.
+#[test]
+fn closure_errors_say_what_where_and_what_to_do() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let text = std::fs::read_to_string(&f.registration).expect("read");
+    let first = text.lines().next().expect("a path");
+    let entry = |size: &str, refs: &str| {
+        format!(
+            "{{\n  \"closure\": [\n    {{\n      \"path\": \"{first}\",\n      \
+             \"narHash\": \"{NAR_HASH}\",\n      \"narSize\": {size},\n      \
+             \"references\": {refs}\n    }}\n  ]\n}}\n"
+        )
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("narSize-string.json", entry("\"1000\"", "[]").into_bytes()),
+        ("references-null.json", entry("1000", "null").into_bytes()),
+        (
+            "narSize-2^64.json",
+            entry("18446744073709551616", "[]").into_bytes(),
+        ),
+        (
+            "size-2^64",
+            text.replacen("\n1000\n", "\n18446744073709551616\n", 1)
+                .into_bytes(),
+        ),
+        ("blank-line", text.replacen("\n", "\n\n", 1).into_bytes()),
+        ("blank-line-at-end", format!("{text}\n").into_bytes()),
+    ];
+    let mut latin1 = text.clone().into_bytes();
+    let second_line = text.find('\n').expect("a line") + 1;
+    latin1.splice(second_line..second_line, b"caf\xe9\n".iter().copied());
+    cases.push(("latin-1", latin1));
+    let mut report = String::new();
+    for (name, bytes) in &cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).expect("write");
+        let e = fails(
+            mkkexec()
+                .args(["squashfs", "-q", "--closure"])
+                .arg(&p)
+                .arg("--root")
+                .arg(&f.root)
+                .arg("--output")
+                .arg(dir.join("out.img")),
+        );
+        report += &format!("{name}:\n{e}");
+    }
+    // A closureInfo directory whose registration is a directory.
+    let info = dir.join("closure-info");
+    std::fs::create_dir_all(info.join("registration")).expect("mkdir");
+    let e = fails(
+        mkkexec()
+            .args(["squashfs", "-q", "--closure"])
+            .arg(&info)
+            .arg("--output")
+            .arg(dir.join("out.img")),
+    );
+    report += &format!("registration-directory:\n{e}");
+    insta::with_settings!({filters => vec![
+        (r"/nix/store/[0-9a-z]{32}-", "/nix/store/HASH-"),
+    ]}, {
+        insta::assert_snapshot!("closure-errors", report.replace(dir.as_str(), "[DIR]"));
+    });
+    no_leftovers(&dir);
+}
+
 #[test]
 fn squashfs_interrupted_leaves_nothing() {
     let (_t, dir) = tempdir();
@@ -421,14 +489,16 @@ fn squashfs_interrupted_leaves_nothing() {
     std::fs::write(lib.join("noise"), noise(64 << 20, 7)).expect("write");
     let out = dir.join("out");
     std::fs::create_dir(&out).expect("mkdir");
-    for signal in ["TERM", "INT", "HUP"] {
-        let mut child = mkkexec()
+    // The exit status a shell reports for each: 128 + the signal's number.
+    for (signal, code) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let child = mkkexec()
             .args(["squashfs", "-q", "-j", "1", "--closure"])
             .arg(&f.registration)
             .arg("--root")
             .arg(&f.root)
             .arg("--output")
             .arg(out.join("store.img"))
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn");
         // Wait until the temporary exists, then interrupt.
@@ -443,8 +513,12 @@ fn squashfs_interrupted_leaves_nothing() {
         ok(Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(child.id().to_string()));
-        let status = child.wait().expect("wait");
-        assert!(!status.success(), "{signal}: finished before the signal");
+        let done = child.wait_with_output().expect("wait");
+        assert_eq!(done.status.code(), Some(code), "{signal}");
+        assert_eq!(
+            String::from_utf8_lossy(&done.stderr),
+            format!("mkkexec: SIG{signal}: stopped; removed what was being written\n"),
+        );
         let left: Vec<_> = std::fs::read_dir(&out).expect("ls").collect();
         assert!(left.is_empty(), "{signal}: left {left:?}");
     }
@@ -460,14 +534,7 @@ fn full_disk_leaves_nothing() {
     ok(Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
         .arg(&small));
-    // Unmounted however the test ends.
-    struct Unmount<'a>(&'a camino::Utf8Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&small);
+    let _unmount = Unmount(small.clone());
     let e = fails(
         mkkexec()
             .args(["squashfs", "-q", "--closure"])
@@ -477,7 +544,12 @@ fn full_disk_leaves_nothing() {
             .arg("--output")
             .arg(small.join("store.img")),
     );
-    assert!(e.contains("No space left on device"), "{e}");
+    // The output is named, not its temporary, and the cause said once.
+    assert_eq!(
+        e.replace(dir.as_str(), "[DIR]"),
+        "mkkexec: error: cannot write squashfs [DIR]/small/store.img: \
+         No space left on device (os error 28)\n"
+    );
     no_leftovers(&small);
     let e = fails(
         mkkexec()
@@ -486,11 +558,85 @@ fn full_disk_leaves_nothing() {
             .arg("--output")
             .arg(small.join("initrd")),
     );
-    assert!(e.contains("No space left on device"), "{e}");
+    assert_eq!(
+        e.replace(dir.as_str(), "[DIR]"),
+        "mkkexec: error: cannot write [DIR]/small/initrd: No space left on device (os error 28)\n"
+    );
+    no_leftovers(&small);
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, "not really a kernel").expect("write");
+    let e = fails(
+        mkkexec()
+            .args(["tree", "-q", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .args(["--toplevel", &f.toplevel, "--kernel"])
+            .arg(&kernel)
+            .arg("--prepend-initrd")
+            .arg(stage1_gz(&dir))
+            .arg("--output")
+            .arg(small.join("tree")),
+    );
+    assert_eq!(
+        e.replace(dir.as_str(), "[DIR]"),
+        "mkkexec: error: cannot write squashfs [DIR]/small/tree/nix-store.squashfs: \
+         No space left on device (os error 28)\n"
+    );
     no_leftovers(&small);
 }
 
-fn data_path(f: &Fixture) -> camino::Utf8PathBuf {
+pub fn data_path(f: &Fixture) -> camino::Utf8PathBuf {
     let data = f.paths.iter().find(|p| p.ends_with("-data")).expect("data");
     f.root.join("nix/store").join(data)
+}
+
+/// Unmounts `0` however the test ends.
+struct Unmount(camino::Utf8PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root: bind-mounts /proc and /sys files into the store"]
+fn squashfs_blames_a_source_file_that_changes_or_cannot_be_read() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let share = data_path(&f).join("share");
+    let mut report = String::new();
+    // /proc/version says 0 bytes and holds more, a sysfs file says 4096 and
+    // holds less, and a write-only sysfs file cannot be read, even by root.
+    for (name, source) in [
+        ("grows", "/proc/version"),
+        ("shrinks", "/sys/kernel/uevent_seqnum"),
+        ("unreadable", "/sys/bus/cpu/uevent"),
+    ] {
+        let target = share.join(name);
+        sh(&format!("chmod u+w {share} && touch {target}"));
+        ok(Command::new("mount").args(["--bind", source]).arg(&target));
+        let unmount = Unmount(target.clone());
+        let e = fails(
+            mkkexec()
+                .args(["squashfs", "-q", "--closure"])
+                .arg(&f.registration)
+                .arg("--root")
+                .arg(&f.root)
+                .arg("--output")
+                .arg(dir.join("out.img")),
+        );
+        drop(unmount);
+        std::fs::remove_file(&target).expect("rm");
+        report += &format!("{name}: {}", e.replace(dir.as_str(), "[DIR]"));
+        no_leftovers(&dir);
+    }
+    insta::with_settings!({filters => vec![
+        (r"/nix/store/[0-9a-z]{32}-", "/nix/store/HASH-"),
+        (r"from 0 to \d+ bytes", "from 0 to N bytes"),
+        (r"from 4096 to \d+ bytes", "from 4096 to N bytes"),
+    ]}, {
+        insta::assert_snapshot!("squashfs-source-faults", report);
+    });
 }

@@ -193,6 +193,143 @@ fn tree_errors_name_the_problem() {
     );
 }
 
+/// A kernel parameter iPXE would expand: the tree has no netboot.ipxe and
+/// says why, and the tarball packs that tree as it is.
+#[test]
+fn a_tree_without_netboot_ipxe_is_packed() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, "not really a kernel").expect("write");
+    let s1 = stage1_gz(&dir);
+    let tree = dir.join("tree");
+    let out = mkkexec()
+        .args(["tree", "-q", "--squashfs-level", "1", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .args(["--toplevel", &f.toplevel, "--kernel"])
+        .arg(&kernel)
+        .arg("--prepend-initrd")
+        .arg(&s1)
+        .args(["--kernel-param", "console=ttyS0", "--kernel-param", "x=$y"])
+        .arg("--output")
+        .arg(&tree)
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(dir.as_str(), "[DIR]");
+    insta::assert_snapshot!("tree-without-netboot-ipxe", stderr);
+    assert!(!tree.join("netboot.ipxe").exists());
+    let tarball = dir.join("t.tar.gz");
+    ok(mkkexec()
+        .args(["tarball", "--tree"])
+        .arg(&tree)
+        .arg("-o")
+        .arg(&tarball));
+    let listing = sh(&format!("tar -tzf {tarball}"));
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        [
+            "nixos-kexec/",
+            "nixos-kexec/bin/",
+            "nixos-kexec/bin/nixos-kexec",
+            "nixos-kexec/bzImage",
+            "nixos-kexec/initrd.gz",
+            "nixos-kexec/kexec-boot",
+        ]
+    );
+    // Any other file missing is still a broken tree.
+    std::fs::remove_file(tree.join("initrd.gz")).expect("rm");
+    let e = fails(
+        mkkexec()
+            .args(["tarball", "--tree"])
+            .arg(&tree)
+            .arg("-o")
+            .arg(&tarball),
+    );
+    assert_eq!(
+        e.replace(dir.as_str(), "[DIR]"),
+        "mkkexec: error: [DIR]/tree is not a kexec tree: initrd.gz is missing \
+         (make one with `mkkexec tree`)\n"
+    );
+}
+
+/// Every output is readable by others (an HTTP server serving a tree runs
+/// as another user): 0644 files, 0755 scripts and directories, whatever the
+/// temporary file's 0600 was.
+#[test]
+fn outputs_have_the_modes_a_user_expects() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let tree = dir.join("tree");
+    build_tree(&f, &dir, &tree);
+    let squashfs = dir.join("store.squashfs");
+    ok(mkkexec()
+        .args(["squashfs", "-q", "--squashfs-level", "1", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .arg("-o")
+        .arg(&squashfs));
+    let initrd = dir.join("initrd.zst");
+    ok(mkkexec()
+        .args(["initrd", "-q", "--file"])
+        .arg(format!("{squashfs}:/nix-store.squashfs"))
+        .arg("-o")
+        .arg(&initrd));
+    let (script, ipxe) = (dir.join("kexec-boot"), dir.join("netboot.ipxe"));
+    for (out, extra) in [(&script, None), (&ipxe, Some("--ipxe"))] {
+        ok(mkkexec()
+            .args(["script", "--toplevel", &f.toplevel, "--initrd"])
+            .arg(&initrd)
+            .args(extra)
+            .arg("-o")
+            .arg(out));
+    }
+    let tarball = dir.join("tree.tar.gz");
+    ok(mkkexec()
+        .args(["tarball", "--tree"])
+        .arg(&tree)
+        .arg("-o")
+        .arg(&tarball));
+    let got: Vec<(String, u32)> = [
+        &squashfs,
+        &initrd,
+        &script,
+        &ipxe,
+        &tarball,
+        &tree,
+        &tree.join("bin"),
+        &tree.join("bin/nixos-kexec"),
+        &tree.join("bzImage"),
+        &tree.join("initrd.gz"),
+        &tree.join("kexec-boot"),
+        &tree.join("netboot.ipxe"),
+    ]
+    .iter()
+    .map(|p| (p.strip_prefix(&dir).expect("in dir").to_string(), mode(p)))
+    .collect();
+    let want: Vec<(String, u32)> = [
+        ("store.squashfs", 0o644),
+        ("initrd.zst", 0o644),
+        ("kexec-boot", 0o755),
+        ("netboot.ipxe", 0o644),
+        ("tree.tar.gz", 0o644),
+        ("tree", 0o755),
+        ("tree/bin", 0o755),
+        ("tree/bin/nixos-kexec", 0o755),
+        ("tree/bzImage", 0o644),
+        ("tree/initrd.gz", 0o644),
+        ("tree/kexec-boot", 0o755),
+        ("tree/netboot.ipxe", 0o644),
+    ]
+    .iter()
+    .map(|(p, m)| (p.to_string(), *m))
+    .collect();
+    assert_eq!(got, want);
+}
+
 fn base_name_not_in_closure() -> String {
     crate::common::base("elsewhere")
 }
