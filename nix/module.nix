@@ -266,6 +266,16 @@ in
         it once. Measured (README, "Memory"): a 384 MiB store boots with
         about a quarter less RAM. Stage 1 writes nothing large there, and the
         running system's `/` is a tmpfs of its own.
+
+        What it changes depends on the stage 1. The kernel unpacks into a
+        tmpfs only when its command line has a `rootfstype=` naming tmpfs,
+        or neither `root=` nor `rootfstype=`. The scripted stage 1 adds no
+        `root=`: there this option chooses ramfs (true) or tmpfs (false).
+        systemd's stage 1 (`boot.initrd.systemd.enable`, nixpkgs' default
+        since 26.05) adds `root=fstab`: the initramfs is a ramfs either way,
+        and this option changes nothing (only `rootfstype=tmpfs` in
+        `nixosKexec.kernelParams` would give a tmpfs). kexec-boot's memory
+        check follows the same rule, reading the command line it loads.
       '';
     };
 

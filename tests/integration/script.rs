@@ -447,6 +447,32 @@ fn kexec_boot_refuses_without_enough_memory() {
 }
 
 #[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_counts_the_rootfs_the_kernel_unpacks_into() {
+    // 300 MiB initrd, 1 TiB unpacked: a tmpfs needs it twice, a ramfs once.
+    let need = |rootfs: &str| match rootfs {
+        "tmpfs" => "this image needs 2097500 MiB of RAM",
+        _ => "this image needs 1048924 MiB of RAM",
+    };
+    for (line, rootfs) in ROOTFS_BY_COMMAND_LINE {
+        let mut p = params();
+        p.extend(line.split_whitespace().map(String::from));
+        let h = FakeHost::new(&script(&spec(&p, 1 << 40)));
+        let e = fails(&mut h.run(&[]));
+        assert!(
+            e.contains(need(rootfs)) && e.contains(&format!("into a {rootfs};")),
+            "{line:?} gives a {rootfs}: {e}"
+        );
+    }
+    // Parameters after "--" are init's: the kernel ignores them.
+    let mut p = params();
+    p.extend(["--".into(), "root=fstab".into()]);
+    let h = FakeHost::new(&script(&spec(&p, 1 << 40)));
+    let e = fails(&mut h.run(&[]));
+    assert!(e.contains(need("tmpfs")), "{e}");
+}
+
+#[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise, and a mount namespace (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_without_enough_free_memory_before_loading() {
     // Enough RAM, but little of it free now: what kexec copies must fit.

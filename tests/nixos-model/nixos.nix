@@ -205,6 +205,11 @@ in
   };
 
   config = {
+    # nixos/modules/system/boot/systemd/initrd.nix: root=${boot.initrd.systemd.root}
+    # ("fstab") on the kernel command line; the kernel's initramfs is then a
+    # ramfs (init_rootfs()).
+    boot.kernelParams = lib.mkIf systemd1 [ "root=fstab" ];
+
     system.build = {
       kernel = pkgs.linux;
       # The initrd embeds the fstab it mounts from (systemd: /etc/fstab of the
