@@ -170,7 +170,14 @@ let
   # `mkkexec network` at boot.
   mkkexecOnHost = pkgs.callPackage ./package.nix { };
   carried = "/var/lib/nixos-kexec/carried";
-  carryIn = builtins.readFile ./carry-in.sh;
+  # carry_in ROOT with where sshd reads each host key (sshd.nix's hostKeys:
+  # under an immutable /etc they are placed only if they live elsewhere).
+  carryIn =
+    root:
+    builtins.readFile ./carry-in.sh
+    + "\ncarry_in ${root} /nixos-kexec-carry ${
+      lib.escapeShellArgs (map (k: "${k.type}:${k.path}") config.services.openssh.hostKeys)
+    }\n";
   systemdStage1 = config.boot.initrd.systemd.enable;
 in
 {
@@ -402,8 +409,13 @@ in
           DefaultDependencies = false;
           ConditionPathIsDirectory = "/nixos-kexec-carry";
         };
-        serviceConfig.Type = "oneshot";
-        script = carryIn + "\ncarry_in /sysroot\n";
+        serviceConfig = {
+          Type = "oneshot";
+          # What could not be placed is said on the console too.
+          StandardOutput = "journal+console";
+          StandardError = "journal+console";
+        };
+        script = carryIn "/sysroot";
       };
 
       # The old host's network as networkd units, before networkd starts.
@@ -455,7 +467,7 @@ in
     # config, so asking it decides this without recursion.
     (lib.optionalAttrs (options.boot.initrd ? postMountCommands) {
       boot.initrd.postMountCommands = lib.mkIf (cfg.carry.enable && !systemdStage1) (
-        carryIn + "\ncarry_in \"$targetRoot\"\n"
+        carryIn "\"$targetRoot\""
       );
     })
   ];

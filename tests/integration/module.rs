@@ -135,10 +135,10 @@ fn module_carries_the_machine_under_both_stage_1_kinds() {
     // systemd stage 1: a unit with /sysroot mounted, before the switch.
     let unit = &c["systemd"]["carry"]["initrdUnit"];
     assert!(
-        unit["script"]
-            .as_str()
-            .expect("script")
-            .ends_with("\ncarry_in /sysroot\n"),
+        unit["script"].as_str().expect("script").ends_with(
+            "\ncarry_in /sysroot /nixos-kexec-carry rsa:/etc/ssh/ssh_host_rsa_key \
+                 ed25519:/etc/ssh/ssh_host_ed25519_key\n"
+        ),
         "{unit}"
     );
     assert_eq!(strs(&unit["after"]), ["initrd-fs.target"]);
@@ -156,7 +156,15 @@ fn module_carries_the_machine_under_both_stage_1_kinds() {
     let hook = c["scripted"]["carry"]["postMountCommands"]
         .as_str()
         .expect("hook");
-    assert!(hook.ends_with("\ncarry_in \"$targetRoot\"\n"), "{hook}");
+    assert!(
+        hook.ends_with(
+            "\ncarry_in \"$targetRoot\" /nixos-kexec-carry rsa:/etc/ssh/ssh_host_rsa_key \
+             ed25519:/etc/ssh/ssh_host_ed25519_key\n"
+        ),
+        "{hook}"
+    );
+    // What could not be placed reaches the console.
+    assert_eq!(unit["serviceConfig"]["StandardError"], "journal+console");
     for case in CASES {
         // The assertions hold (systemd stage 1 refuses postMountCommands).
         assert!(c[case]["toplevelName"].is_string(), "{case}");
@@ -234,6 +242,28 @@ fn module_network_unit_starts_at_boot_without_the_firewall() {
 
 #[test]
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_places_host_keys_where_sshd_reads_them_with_an_immutable_etc() {
+    // The perlless profile's /etc: an overlay mounted read-only; sshd's
+    // host keys then live elsewhere, and stage 1 must put them there.
+    let c = checks(
+        r#"[ {
+          system.etc.overlay = { enable = true; mutable = false; };
+          services.openssh.hostKeys = [ { type = "ed25519"; path = "/var/lib/ssh/ssh_host_ed25519_key"; } ];
+        } ]"#,
+    );
+    let script = c["systemd"]["carry"]["initrdUnit"]["script"]
+        .as_str()
+        .expect("script");
+    assert!(
+        script.ends_with(
+            "\ncarry_in /sysroot /nixos-kexec-carry ed25519:/var/lib/ssh/ssh_host_ed25519_key\n"
+        ),
+        "{script}"
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
 fn module_evaluates_where_the_scripted_stage_1_is_gone() {
     // nixpkgs 26.11 has no boot.initrd.postMountCommands: the module must
     // not define it (an undeclared option is an error even under mkIf false).
@@ -244,7 +274,7 @@ fn module_evaluates_where_the_scripted_stage_1_is_gone() {
     assert!(
         case["carry"]["initrdUnit"]["script"]
             .as_str()
-            .is_some_and(|s| s.contains("\ncarry_in /sysroot")),
+            .is_some_and(|s| s.contains("\ncarry_in /sysroot ")),
         "{case}"
     );
     for (output, drv) in case["drvPaths"].as_object().expect("drvPaths") {

@@ -514,6 +514,12 @@ avail_mib=$(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) / 1024))
 # --- Load ------------------------------------------------------------------
 
 cmdline="init=$init${params:+ $params}"
+# The machine-id also where systemd reads it first, so that it holds even
+# when the new system's /etc cannot be written (an immutable /etc): first,
+# so that a systemd.machine_id= of the parameters wins.
+if [ -s "$carry/machine-id" ]; then
+  cmdline="init=$init systemd.machine_id=$(cat "$carry/machine-id")${params:+ $params}"
+fi
 # kexec_file_load first (the kernel reads the files itself; required under
 # some lockdown policies), kexec_load when the kernel refuses it.
 if "$kexec" --kexec-file-syscall --load "$here/bzImage" --initrd="$initrd" \
