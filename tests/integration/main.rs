@@ -11,6 +11,7 @@ mod inspect;
 mod journey;
 mod module;
 mod nix;
+mod nixfmt;
 mod script;
 mod squashfs;
 mod tree;
