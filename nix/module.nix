@@ -170,14 +170,13 @@ let
   # `mkkexec network` at boot.
   mkkexecOnHost = pkgs.callPackage ./package.nix { };
   carried = "/var/lib/nixos-kexec/carried";
-  # carry_in ROOT with where sshd reads each host key (sshd.nix's hostKeys:
-  # under an immutable /etc they are placed only if they live elsewhere).
+  # Where sshd reads each host key (sshd.nix's hostKeys): stage 1 puts the
+  # carried keys there (under an immutable /etc, only paths elsewhere work).
+  hostKeys = map (k: "${k.type}:${k.path}") config.services.openssh.hostKeys;
   carryIn =
     root:
     builtins.readFile ./carry-in.sh
-    + "\ncarry_in ${root} /nixos-kexec-carry ${
-      lib.escapeShellArgs (map (k: "${k.type}:${k.path}") config.services.openssh.hostKeys)
-    }\n";
+    + "\ncarry_in ${root} /nixos-kexec-carry ${lib.escapeShellArgs hostKeys}\n";
   systemdStage1 = config.boot.initrd.systemd.enable;
 in
 {
