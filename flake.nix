@@ -94,7 +94,9 @@
         };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+      # nixfmt through treefmt: `nix fmt` (Nix >= 2.24) passes no paths, and
+      # plain nixfmt then waits on stdin forever (NixOS/nixfmt#301).
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-tree);
 
       checks = forAllSystems (
         pkgs:

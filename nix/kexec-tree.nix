@@ -85,7 +85,8 @@ in
         "squashfs"
         "--closure"
         ".attrs.json"
-      ] ++ compressionArgs "squashfs" args;
+      ]
+      ++ compressionArgs "squashfs" args;
     };
 
   # <out>/initrd: the stage-1 initrd followed by a cpio with /nix-store.squashfs.
@@ -104,7 +105,8 @@ in
         "${initrd}"
         "--file"
         "${squashfs}:/nix-store.squashfs"
-      ] ++ compressionArgs "initrd" args;
+      ]
+      ++ compressionArgs "initrd" args;
       outputSuffix = "/initrd";
     };
 
@@ -152,22 +154,21 @@ in
     }@args:
     runMkkexec {
       inherit name storeContents;
-      mkkexecArgs =
-        [
-          "tree"
-          "--closure"
-          ".attrs.json"
-          "--toplevel"
-          "${toplevel}"
-          "--kernel"
-          "${kernel}"
-          "--prepend-initrd"
-          "${initrd}"
-        ]
-        ++ compressionArgs "squashfs" args
-        ++ compressionArgs "initrd" args
-        ++ toolArgs args
-        ++ kernelParamArgs kernelParams;
+      mkkexecArgs = [
+        "tree"
+        "--closure"
+        ".attrs.json"
+        "--toplevel"
+        "${toplevel}"
+        "--kernel"
+        "${kernel}"
+        "--prepend-initrd"
+        "${initrd}"
+      ]
+      ++ compressionArgs "squashfs" args
+      ++ compressionArgs "initrd" args
+      ++ toolArgs args
+      ++ kernelParamArgs kernelParams;
     };
 
   # <out>/<filePath>: unpacked at /, it gives /nixos-kexec/bin/nixos-kexec.
@@ -189,7 +190,8 @@ in
         "tarball"
         "--tree"
         "${tree}"
-      ] ++ toolArgs args;
+      ]
+      ++ toolArgs args;
       outputSuffix = "/${filePath}";
     };
 }

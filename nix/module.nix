@@ -24,6 +24,7 @@
 # systemd-networkd units (`mkkexec network`) before network-pre.target.
 {
   config,
+  options,
   lib,
   pkgs,
   modulesPath,
@@ -169,7 +170,13 @@ let
   # `mkkexec network` at boot.
   mkkexecOnHost = pkgs.callPackage ./package.nix { };
   carried = "/var/lib/nixos-kexec/carried";
-  carryIn = builtins.readFile ./carry-in.sh;
+  # Where sshd reads each host key (sshd.nix's hostKeys): stage 1 puts the
+  # carried keys there (under an immutable /etc, only paths elsewhere work).
+  hostKeys = map (k: "${k.type}:${k.path}") config.services.openssh.hostKeys;
+  carryIn =
+    root:
+    builtins.readFile ./carry-in.sh
+    + "\ncarry_in ${root} /nixos-kexec-carry ${lib.escapeShellArgs hostKeys}\n";
   systemdStage1 = config.boot.initrd.systemd.enable;
 in
 {
@@ -265,6 +272,16 @@ in
         it once. Measured (README, "Memory"): a 384 MiB store boots with
         about a quarter less RAM. Stage 1 writes nothing large there, and the
         running system's `/` is a tmpfs of its own.
+
+        What it changes depends on the stage 1. The kernel unpacks into a
+        tmpfs only when its command line has a `rootfstype=` naming tmpfs,
+        or neither `root=` nor `rootfstype=`. The scripted stage 1 adds no
+        `root=`: there this option chooses ramfs (true) or tmpfs (false).
+        systemd's stage 1 (`boot.initrd.systemd.enable`, nixpkgs' default
+        since 26.05) adds `root=fstab`: the initramfs is a ramfs either way,
+        and this option changes nothing (only `rootfstype=tmpfs` in
+        `nixosKexec.kernelParams` would give a tmpfs). kexec-boot's memory
+        check follows the same rule, reading the command line it loads.
       '';
     };
 
@@ -304,124 +321,153 @@ in
     };
   };
 
-  config = {
-    # Read by the toplevel's assertions only: the builders below throw the
-    # same message, since building them does not go through the toplevel.
-    assertions = [
-      {
-        assertion = squashfsError == null;
-        message = toString squashfsError;
-      }
-    ];
-
-    # The tarball: <out>/tarball/nixos-system-<system>.tar.gz, which
-    # netboot.nix also offers as system.build.image.
-    image.baseName = mkDefault "nixos-system-${hostSystem}";
-    image.extension = mkForce "tar.gz";
-    image.filePath = mkForce "tarball/${config.image.fileName}";
-
-    system.build = {
-      squashfsStore = mkForce (kexecLib.squashfs ({ inherit storeContents; } // squashfsSettings));
-
-      netbootRamdisk = mkForce (
-        kexecLib.initrd (
-          {
-            initrd = stage1;
-            squashfs = config.system.build.squashfsStore;
-          }
-          // initrdSettings
-        )
-      );
-
-      kexecScript = mkForce (
-        kexecLib.script (bootSettings // { initrd = "${config.system.build.netbootRamdisk}/initrd"; })
-      );
-
-      # Served from one directory with the kernel and the ramdisk under the
-      # names nixpkgs' netboot.nix uses: <kernel target> and initrd.
-      netbootIpxeScript = mkForce (
-        kexecLib.script (
-          bootSettings
-          // {
-            initrd = "${config.system.build.netbootRamdisk}/initrd";
-            ipxe = true;
-            kernelName = pkgs.stdenv.hostPlatform.linux-kernel.target;
-            initrdName = "initrd";
-          }
-        )
-      );
-
-      # One mkkexec run: the squashfs goes straight into the initrd.
-      kexecTree = mkForce (
-        kexecLib.tree (
-          bootSettings
-          // {
-            inherit kernel storeContents;
-            initrd = stage1;
-          }
-          // squashfsSettings
-          // initrdSettings
-          // toolSettings
-        )
-      );
-
-      # The tools come with the tree.
-      kexecTarball = mkForce (
-        kexecLib.tarball {
-          tree = config.system.build.kexecTree;
-          inherit (config.image) filePath;
+  config = lib.mkMerge [
+    {
+      # Read by the toplevel's assertions only: the builders below throw the
+      # same message, since building them does not go through the toplevel.
+      assertions = [
+        {
+          assertion = squashfsError == null;
+          message = toString squashfsError;
         }
-      );
-    };
-
-    # What kexec-boot carried, put in place before the switch to the
-    # system: by a unit with /sysroot mounted (systemd stage 1) or after
-    # the mounts (scripted stage 1).
-    boot.initrd.systemd.services.nixos-kexec-carry = lib.mkIf (cfg.carry.enable && systemdStage1) {
-      description = "Put in place what kexec-boot carried from the old host";
-      wantedBy = [ "initrd.target" ];
-      after = [ "initrd-fs.target" ];
-      before = [
-        "initrd.target"
-        "initrd-nixos-activation.service"
-        "initrd-switch-root.target"
       ];
-      unitConfig = {
-        DefaultDependencies = false;
-        ConditionPathIsDirectory = "/nixos-kexec-carry";
+
+      # The tarball: <out>/tarball/nixos-system-<system>.tar.gz, which
+      # netboot.nix also offers as system.build.image.
+      image.baseName = mkDefault "nixos-system-${hostSystem}";
+      image.extension = mkForce "tar.gz";
+      image.filePath = mkForce "tarball/${config.image.fileName}";
+
+      system.build = {
+        squashfsStore = mkForce (kexecLib.squashfs ({ inherit storeContents; } // squashfsSettings));
+
+        netbootRamdisk = mkForce (
+          kexecLib.initrd (
+            {
+              initrd = stage1;
+              squashfs = config.system.build.squashfsStore;
+            }
+            // initrdSettings
+          )
+        );
+
+        kexecScript = mkForce (
+          kexecLib.script (bootSettings // { initrd = "${config.system.build.netbootRamdisk}/initrd"; })
+        );
+
+        # Served from one directory with the kernel and the ramdisk under the
+        # names nixpkgs' netboot.nix uses: <kernel target> and initrd.
+        netbootIpxeScript = mkForce (
+          kexecLib.script (
+            bootSettings
+            // {
+              initrd = "${config.system.build.netbootRamdisk}/initrd";
+              ipxe = true;
+              kernelName = pkgs.stdenv.hostPlatform.linux-kernel.target;
+              initrdName = "initrd";
+            }
+          )
+        );
+
+        # One mkkexec run: the squashfs goes straight into the initrd.
+        kexecTree = mkForce (
+          kexecLib.tree (
+            bootSettings
+            // {
+              inherit kernel storeContents;
+              initrd = stage1;
+            }
+            // squashfsSettings
+            // initrdSettings
+            // toolSettings
+          )
+        );
+
+        # The tools come with the tree.
+        kexecTarball = mkForce (
+          kexecLib.tarball {
+            tree = config.system.build.kexecTree;
+            inherit (config.image) filePath;
+          }
+        );
       };
-      serviceConfig.Type = "oneshot";
-      script = carryIn + "\ncarry_in /sysroot\n";
-    };
-    boot.initrd.postMountCommands = lib.mkIf (cfg.carry.enable && !systemdStage1) (
-      carryIn + "\ncarry_in \"$targetRoot\"\n"
-    );
 
-    # The old host's network as networkd units, before networkd starts.
-    systemd.services.nixos-kexec-network = lib.mkIf cfg.carry.enable {
-      description = "Network of the host before the kexec, as systemd-networkd units";
-      wantedBy = [ "network-pre.target" ];
-      wants = [ "network-pre.target" ];
-      before = [
-        "network-pre.target"
-        "systemd-networkd.service"
-      ];
-      unitConfig.ConditionPathExists = "${carried}/network/addrs.json";
-      serviceConfig = {
-        Type = "oneshot";
-        RemainAfterExit = true;
-        ExecStart = lib.escapeShellArgs [
-          (lib.getExe mkkexecOnHost)
-          "network"
-          "--state"
-          "${carried}/network"
-          "--output"
-          "/run/systemd/network"
+      # What kexec-boot carried, put in place before the switch to the
+      # system: by a unit with /sysroot mounted (systemd stage 1) or after
+      # the mounts (scripted stage 1).
+      boot.initrd.systemd.services.nixos-kexec-carry = lib.mkIf (cfg.carry.enable && systemdStage1) {
+        description = "Put in place what kexec-boot carried from the old host";
+        wantedBy = [ "initrd.target" ];
+        after = [ "initrd-fs.target" ];
+        before = [
+          "initrd.target"
+          "initrd-nixos-activation.service"
+          "initrd-switch-root.target"
         ];
+        unitConfig = {
+          DefaultDependencies = false;
+          ConditionPathIsDirectory = "/nixos-kexec-carry";
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          # What could not be placed is said on the console too.
+          StandardOutput = "journal+console";
+          StandardError = "journal+console";
+        };
+        script = carryIn "/sysroot";
       };
-    };
-    networking.useNetworkd = lib.mkIf cfg.carry.enable (mkDefault true);
-    systemd.network.enable = lib.mkIf cfg.carry.enable (mkDefault true);
-    services.openssh.enable = lib.mkIf cfg.carry.enable (mkDefault true);
-  };
+
+      # The old host's network as networkd units, before networkd starts.
+      # network-pre.target is passive: only a unit that wants it starts it
+      # (the firewall does; networkd does not), so the unit is wanted by what
+      # always runs, and by networkd, which must not start without it. Like
+      # nixpkgs' firewall unit, it runs early, without the default
+      # dependencies on basic.target, so that networkd is not held back.
+      systemd.services.nixos-kexec-network = lib.mkIf cfg.carry.enable {
+        description = "Network of the host before the kexec, as systemd-networkd units";
+        wantedBy = [
+          "multi-user.target"
+          "systemd-networkd.service"
+        ];
+        wants = [ "network-pre.target" ];
+        after = [ "local-fs.target" ];
+        before = [
+          "network-pre.target"
+          "systemd-networkd.service"
+          "shutdown.target"
+        ];
+        conflicts = [ "shutdown.target" ];
+        unitConfig = {
+          DefaultDependencies = false;
+          ConditionPathExists = "${carried}/network/addrs.json";
+        };
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = lib.escapeShellArgs [
+            (lib.getExe mkkexecOnHost)
+            "network"
+            "--state"
+            "${carried}/network"
+            "--output"
+            "/run/systemd/network"
+          ];
+        };
+      };
+      networking.useNetworkd = lib.mkIf cfg.carry.enable (mkDefault true);
+      systemd.network.enable = lib.mkIf cfg.carry.enable (mkDefault true);
+      services.openssh.enable = lib.mkIf cfg.carry.enable (mkDefault true);
+    }
+
+    # The scripted stage 1's hook, defined only where the option exists:
+    # nixpkgs 26.11 drops the scripted stage 1, and a definition of an
+    # option that does not exist is an error, even under mkIf false.
+    # `options` holds the declarations alone, which do not depend on any
+    # config, so asking it decides this without recursion.
+    (lib.optionalAttrs (options.boot.initrd ? postMountCommands) {
+      boot.initrd.postMountCommands = lib.mkIf (cfg.carry.enable && !systemdStage1) (
+        carryIn "\"$targetRoot\""
+      );
+    })
+  ];
 }

@@ -18,6 +18,8 @@ let
     nixosKexec.squashfs.level = 3;
     nixosKexec.initrd.compression = "none";
     documentation.enable = false;
+    # netboot.nix no longer defaults it; the release this flake pins.
+    system.stateVersion = "26.05";
     systemd.services.kexec-test-marker = {
       wantedBy = [ "multi-user.target" ];
       serviceConfig.Type = "oneshot";

@@ -234,6 +234,33 @@ direct_boot_tests! {
     boot_squashfs_none_initrd_none: "none", "none";
 }
 
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn boot_initramfs_rootfs_follows_root_and_rootfstype() {
+    // The kernel's own rule, which kexec-boot's memory check follows
+    // (kexec_boot_counts_the_rootfs_the_kernel_unpacks_into): the fixture's
+    // stage 1 prints what / is.
+    let args = nix_args("[ ]", "zstd", "zstd");
+    let tree = build_fixture("tree", &args);
+    let toplevel = build_fixture("toplevel", &args);
+    for (i, (line, rootfs)) in ROOTFS_BY_COMMAND_LINE.iter().enumerate() {
+        let name = format!("rootfs-{i}");
+        let log = qemu(
+            &name,
+            &tree.join("bzImage"),
+            &tree.join("initrd.gz"),
+            &format!("console=ttyS0 panic=-1 quiet init={toplevel}/init {line}"),
+            1024,
+        );
+        assert_booted(&name, &log);
+        assert!(
+            log.contains(&format!("STAGE1-ROOTFS {rootfs}\n")),
+            "{line:?} should give a {rootfs}\n{}",
+            tail(&log)
+        );
+    }
+}
+
 /// A foreign host's root at `dir/root`: busybox, Debian's dynamically
 /// linked kexec with its libraries at their paths, and `init`.
 fn host_root(dir: &Utf8Path, init: &str) -> Utf8PathBuf {

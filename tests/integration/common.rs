@@ -309,3 +309,20 @@ done
     .expect("write");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
+
+/// Kernel command lines (after `init=`) and the rootfs the kernel unpacks
+/// the initramfs into with each, by its init_rootfs(): a tmpfs with a
+/// rootfstype naming tmpfs, or with neither `root=` nor `rootfstype=`; else
+/// a ramfs. The boot test proves each on Debian's kernel; the script test
+/// that kexec-boot's memory check counts the same rootfs.
+pub const ROOTFS_BY_COMMAND_LINE: [(&str, &str); 7] = [
+    ("", "tmpfs"),
+    ("rootfstype=tmpfs", "tmpfs"),
+    ("rootfstype=ramfs", "ramfs"),
+    // What nixpkgs' systemd stage 1 adds (systemd/initrd.nix).
+    ("root=fstab", "ramfs"),
+    ("root=fstab rootfstype=ramfs", "ramfs"),
+    // A rootfstype naming tmpfs wins over root= (measured: the boot test).
+    ("root=fstab rootfstype=tmpfs", "tmpfs"),
+    ("rootfstype=ext4", "ramfs"),
+];

@@ -12,6 +12,7 @@ mod journey;
 mod module;
 mod network;
 mod nix;
+mod nixfmt;
 mod script;
 mod squashfs;
 mod tree;

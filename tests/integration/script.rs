@@ -227,7 +227,8 @@ fn kexec_boot_loads_and_executes_under_dash() {
         log_without_initrd(&h.log()),
         format!(
             "--kexec-file-syscall\n--load\n{tree}/bzImage\n--initrd=…\n\
-             --command-line=init={TOPLEVEL}/init console=ttyS0,115200 panic=30 quoted='it''s $(x)'\n-e"
+             --command-line=init={TOPLEVEL}/init systemd.machine_id=0123456789abcdef0123456789abcdef \
+             console=ttyS0,115200 panic=30 quoted='it''s $(x)'\n-e"
         )
     );
     // The initrd it loaded lay on disk in TMPDIR, and is gone.
@@ -448,6 +449,32 @@ fn kexec_boot_refuses_without_enough_memory() {
 }
 
 #[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_counts_the_rootfs_the_kernel_unpacks_into() {
+    // 300 MiB initrd, 1 TiB unpacked: a tmpfs needs it twice, a ramfs once.
+    let need = |rootfs: &str| match rootfs {
+        "tmpfs" => "this image needs 2097500 MiB of RAM",
+        _ => "this image needs 1048924 MiB of RAM",
+    };
+    for (line, rootfs) in ROOTFS_BY_COMMAND_LINE {
+        let mut p = params();
+        p.extend(line.split_whitespace().map(String::from));
+        let h = FakeHost::new(&script(&spec(&p, 1 << 40)));
+        let e = fails(&mut h.run(&[]));
+        assert!(
+            e.contains(need(rootfs)) && e.contains(&format!("into a {rootfs};")),
+            "{line:?} gives a {rootfs}: {e}"
+        );
+    }
+    // Parameters after "--" are init's: the kernel ignores them.
+    let mut p = params();
+    p.extend(["--".into(), "root=fstab".into()]);
+    let h = FakeHost::new(&script(&spec(&p, 1 << 40)));
+    let e = fails(&mut h.run(&[]));
+    assert!(e.contains(need("tmpfs")), "{e}");
+}
+
+#[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise, and a mount namespace (scripts/test.sh runs it)"]
 fn kexec_boot_refuses_without_enough_free_memory_before_loading() {
     // Enough RAM, but little of it free now: what kexec copies must fit.
@@ -535,7 +562,8 @@ fn kexec_boot_runs_no_command_a_parameter_carries() {
     assert!(!pwned.exists(), "a kernel parameter ran a command");
     assert!(
         h.log().contains(&format!(
-            "init={TOPLEVEL}/init '; touch {pwned}; ' $(touch {pwned}) x=@INITRD_BYTES@\n"
+            "init={TOPLEVEL}/init systemd.machine_id=0123456789abcdef0123456789abcdef \
+             '; touch {pwned}; ' $(touch {pwned}) x=@INITRD_BYTES@\n"
         )),
         "{}",
         h.log()
@@ -605,6 +633,64 @@ fn carried_files_land_in_the_new_system_with_coreutils_only() {
         d0.contains("DNS=203.0.113.53\n") && d0.contains("Domains=example.net\n"),
         "{d0}"
     );
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise, and a mount namespace (scripts/test.sh runs it)"]
+fn carried_keys_land_when_etc_is_read_only() {
+    // An immutable /etc overlay (system.etc.overlay.mutable = false) is
+    // mounted read-only before the carrying unit runs, under its `set -e`.
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(&mut h.run(&["--no-detach"]));
+    let carried = h.carried();
+    let root = h.dir.join("sysroot");
+    std::fs::create_dir_all(root.join("etc/ssh")).expect("mkdir");
+    let carry_in = format!("{}/nix/carry-in.sh", env!("CARGO_MANIFEST_DIR"));
+    let bin = coreutils_only(&h.dir);
+    require("unshare", "util-linux");
+    // The host keys where services.openssh.hostKeys says: ed25519 in
+    // /var/lib/ssh, rsa in the read-only /etc.
+    let out = Command::new("unshare")
+        .args(["-m", "/bin/sh", "-c"])
+        .arg(format!(
+            "mount --bind {root}/etc {root}/etc && mount -o remount,bind,ro {root}/etc && \
+             touch {root}/etc/probe 2>/dev/null && exit 99; \
+             PATH={bin} exec /bin/dash -euc '. {carry_in}; carry_in {root} {carried} \
+             rsa:/etc/ssh/ssh_host_rsa_key ed25519:/var/lib/ssh/ssh_host_ed25519_key; echo DONE'"
+        ))
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DONE"),
+        "{}: {err}",
+        out.status
+    );
+    let read =
+        |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_else(|_| panic!("{f} missing"));
+    // The keys that log in first, then the host key sshd reads from /var.
+    assert!(read("root/.ssh/authorized_keys").contains(ROOT_KEY));
+    assert_eq!(
+        read("var/lib/ssh/ssh_host_ed25519_key"),
+        "PRIVATE ed25519\n"
+    );
+    assert_eq!(
+        read("var/lib/ssh/ssh_host_ed25519_key.pub"),
+        "ssh-ed25519 AAAAhost root@old\n"
+    );
+    assert!(
+        root.join("var/lib/nixos-kexec/carried/network/addrs.json")
+            .is_file()
+    );
+    // What /etc could not take is said, each on its own.
+    assert!(!root.join("etc/machine-id").exists());
+    assert!(!root.join("etc/ssh/ssh_host_rsa_key").exists());
+    for said in [
+        "nixos-kexec: could not place /etc/machine-id: systemd takes the machine-id from systemd.machine_id=",
+        "nixos-kexec: could not place the rsa host key at /etc/ssh/ssh_host_rsa_key",
+    ] {
+        assert!(err.contains(said), "{said}: {err}");
+    }
 }
 
 /// A network namespace, deleted when dropped.

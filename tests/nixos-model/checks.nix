@@ -20,9 +20,10 @@ let
       hostPlatform ? null,
       # This case's own settings.
       settings ? { },
+      scriptedStage1 ? true,
     }:
     import ./eval.nix {
-      inherit lib system;
+      inherit lib system scriptedStage1;
       modules = [
         module
         (
@@ -53,6 +54,28 @@ let
     "kexecTarball"
     "image"
   ];
+  # The units systemd starts at boot: from systemd.defaultUnit, along
+  # wants/requires and the wantedBy/requiredBy of every unit (a service
+  # `x` is `x.service`, a target `t` is `t.target`).
+  bootUnits =
+    c:
+    let
+      inherit (c.config) systemd;
+      named = suffix: lib.mapAttrs' (n: u: lib.nameValuePair "${n}.${suffix}" u);
+      units = named "service" systemd.services // named "target" systemd.targets;
+      pulls = u: (u.wants or [ ]) ++ (u.requires or [ ]);
+      pulledBy = u: (u.wantedBy or [ ]) ++ (u.requiredBy or [ ]);
+      pulledIn =
+        name:
+        pulls (units.${name} or { })
+        ++ lib.attrNames (lib.filterAttrs (_: u: lib.elem name (pulledBy u)) units);
+    in
+    map (u: u.key) (
+      builtins.genericClosure {
+        startSet = [ { key = systemd.defaultUnit; } ];
+        operator = u: map (key: { inherit key; }) (pulledIn u.key);
+      }
+    );
   # What a case yields: each output's .drv and mkkexec arguments, the
   # initrd's fstab, and the image path.
   facts =
@@ -72,8 +95,9 @@ let
       # and the unit that writes the network.
       carry = {
         initrdUnit = c.config.boot.initrd.systemd.services.nixos-kexec-carry or null;
-        postMountCommands = c.config.boot.initrd.postMountCommands;
+        postMountCommands = c.config.boot.initrd.postMountCommands or null;
         network = c.config.systemd.services.nixos-kexec-network or null;
+        bootUnits = bootUnits c;
         networkd = c.config.systemd.network.enable;
         sshd = c.config.services.openssh.enable or false;
       };
@@ -87,6 +111,8 @@ let
     aarch64.system = "aarch64-linux";
     crossAarch64.hostPlatform = "aarch64-linux";
     initramfsOnTmpfs.settings.nixosKexec.initramfsOnRamfs = false;
+    # nixpkgs 26.11: systemd's stage 1 only.
+    noScriptedStage1.scriptedStage1 = false;
   };
 in
 lib.mapAttrs (_: args: facts (eval args)) cases

@@ -5,6 +5,9 @@
   lib,
   system ? "x86_64-linux",
   modules,
+  # false: nixpkgs 26.11, which has no scripted stage 1 and so no
+  # boot.initrd.postMountCommands.
+  scriptedStage1 ? true,
 }:
 lib.evalModules {
   specialArgs.modulesPath = ./modules;
@@ -27,5 +30,6 @@ lib.evalModules {
       }
     )
   ]
+  ++ lib.optional scriptedStage1 ./stage-1.nix
   ++ modules;
 }

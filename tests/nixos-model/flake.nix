@@ -8,6 +8,10 @@
   outputs =
     { self }:
     let
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
       lib = (import ./model/lib.nix { libPath = ./lib; }).extend (
         final: prev: {
           # As nixpkgs' lib.nixosSystem: `system` may be left out when the
@@ -28,7 +32,7 @@
     in
     {
       inherit lib;
-      legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] (
+      legacyPackages = lib.genAttrs systems (
         system: import ./model/pkgs.nix { inherit lib system; }
       );
     };

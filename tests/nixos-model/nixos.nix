@@ -15,11 +15,25 @@ let
     type = types.anything;
     default = { };
   };
+  # An attribute set of anything with some options declared.
+  freeform =
+    options:
+    mkOption {
+      type = types.submodule {
+        freeformType = types.attrsOf types.anything;
+        inherit options;
+      };
+      default = { };
+    };
   fsNeeded = lib.filterAttrs (_: utils.fsNeededForBoot) config.fileSystems;
   systemd1 = config.boot.initrd.systemd.enable;
 in
 {
-  imports = [ ./overlayfs.nix ];
+  imports = [
+    ./overlayfs.nix
+    ./firewall-iptables.nix
+    ./systemd-units.nix
+  ];
 
   options = {
     # nixos/modules/misc/assertions.nix
@@ -107,12 +121,6 @@ in
       type = types.attrsOf types.anything;
       default = { };
     };
-    # nixos/modules/system/boot/stage-1.nix: the scripted stage 1's hook
-    # after the file systems are mounted at $targetRoot.
-    boot.initrd.postMountCommands = mkOption {
-      type = types.lines;
-      default = "";
-    };
     systemd.services = mkOption {
       type = types.attrsOf types.anything;
       default = { };
@@ -144,8 +152,52 @@ in
     # Read by nobody here: set by profiles and configuration.nix.
     nix.settings = anything;
     users = anything;
-    services = anything;
-    networking = anything;
+    # Freeform, but for what nixos-kexec's module reads: networking.firewall
+    # (./firewall-iptables.nix), networking.useNetworkd
+    # (nixos/modules/tasks/network-interfaces.nix) and services.openssh
+    # (nixos/modules/services/networking/ssh/sshd.nix: enable, and hostKeys
+    # with its default).
+    networking = freeform {
+      firewall.enable = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      useNetworkd = mkOption {
+        type = types.bool;
+        default = false;
+      };
+    };
+    services = freeform {
+      openssh.enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      openssh.hostKeys = mkOption {
+        type = types.listOf types.attrs;
+        default = [
+          {
+            type = "rsa";
+            bits = 4096;
+            path = "/etc/ssh/ssh_host_rsa_key";
+          }
+          {
+            type = "ed25519";
+            path = "/etc/ssh/ssh_host_ed25519_key";
+          }
+        ];
+      };
+    };
+    # nixos/modules/system/etc/etc.nix: /etc as an overlay, read-only
+    # unless mutable (nixos/modules/system/etc/etc-activation.nix mounts it;
+    # under systemd stage 1 before initrd-fs.target, at /sysroot/etc).
+    system.etc.overlay.enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
+    system.etc.overlay.mutable = mkOption {
+      type = types.bool;
+      default = true;
+    };
     environment = anything;
     hardware = anything;
     documentation = anything;
@@ -153,6 +205,11 @@ in
   };
 
   config = {
+    # nixos/modules/system/boot/systemd/initrd.nix: root=${boot.initrd.systemd.root}
+    # ("fstab") on the kernel command line; the kernel's initramfs is then a
+    # ramfs (init_rootfs()).
+    boot.kernelParams = lib.mkIf systemd1 [ "root=fstab" ];
+
     system.build = {
       kernel = pkgs.linux;
       # The initrd embeds the fstab it mounts from (systemd: /etc/fstab of the
@@ -178,18 +235,14 @@ in
     };
     # nixos/modules/tasks/filesystems.nix: a tmpfs or overlay needs no
     # device; others without one fail in nixpkgs.
-    assertions =
-      lib.mapAttrsToList (_: fs: {
-        assertion = fs.device != null || lib.elem fs.fsType [ "tmpfs" "overlay" ];
-        message = "fileSystems.${fs.mountPoint} has no device";
-      }) config.fileSystems
-      # nixos/modules/system/boot/systemd/initrd.nix: systemd's stage 1
-      # refuses the scripted stage 1's hooks.
-      ++ [
-        {
-          assertion = systemd1 -> config.boot.initrd.postMountCommands == "";
-          message = "systemd stage 1 does not support 'boot.initrd.postMountCommands'";
-        }
-      ];
+    assertions = lib.mapAttrsToList (_: fs: {
+      assertion =
+        fs.device != null
+        || lib.elem fs.fsType [
+          "tmpfs"
+          "overlay"
+        ];
+      message = "fileSystems.${fs.mountPoint} has no device";
+    }) config.fileSystems;
   };
 }

@@ -20,6 +20,14 @@ let
     inherit system;
   };
 
+  # The attributes of a stand-in that may name its inputs.
+  inputAttrs = [
+    "src"
+    "text"
+    "testScript"
+    "buildCommand"
+  ];
+
   # A package: a derivation with meta, overrideAttrs and a bin/<name>.
   mkPackage =
     attrs:
@@ -35,7 +43,7 @@ let
         # What the stand-in's inputs were, so that they are instantiated.
         inputs = toString (
           lib.filter (v: lib.isDerivation v || builtins.isPath v || builtins.isString v) (
-            map (k: attrs.${k}) (lib.filter (k: attrs ? ${k}) [ "src" "text" "testScript" "buildCommand" ])
+            map (k: attrs.${k}) (lib.filter (k: attrs ? ${k}) inputAttrs)
           )
         );
       };
@@ -98,6 +106,7 @@ let
     "clippy"
     "rustfmt"
     "nixfmt"
+    "nixfmt-tree"
     "nix"
     "coreutils"
     "kexec-tools"

@@ -22,10 +22,19 @@
     s:
     let
       trimmed = lib.removePrefix "/" s;
+      # systemd-escape turns / into - and escapes - itself.
+      special = [
+        "/"
+        "-"
+      ];
+      escaped = [
+        "-"
+        "\\x2d"
+      ];
     in
     if trimmed == "" then
       "-"
     else
       (if lib.hasPrefix "." trimmed then "\\x2e" else "")
-      + lib.replaceStrings [ "/" "-" ] [ "-" "\\x2d" ] (lib.removePrefix "." trimmed);
+      + lib.replaceStrings special escaped (lib.removePrefix "." trimmed);
 }

@@ -388,18 +388,34 @@ fi
 # MemTotal:
 # - The new kernel keeps initrd.gz in memory while it unpacks it into its
 #   rootfs. A tmpfs rootfs may fill only half the memory left beside the
-#   initrd: initrd + 2 x unpacked. With rootfstype=ramfs on the command
-#   line there is no cap: initrd + unpacked. Plus 48 for the kernel, stage 1
-#   and the carried files.
+#   initrd: initrd + 2 x unpacked. A ramfs has no cap: initrd + unpacked.
+#   Plus 48 for the kernel, stage 1 and the carried files.
 # - kexec needs twice what it loads (the kernel at its in-memory size,
 #   from the header, and the initrd) to place it.
 # - This machine must have free, now, what kexec copies (twice while it
 #   loads): checked below, once the initrd is assembled.
 mib=1048576
-case " $params " in
-  *" rootfstype=ramfs "*) rootfs=ramfs copies=1 ;;
-  *) rootfs=tmpfs copies=2 ;;
-esac
+# Which rootfs, by the kernel's init_rootfs(): a tmpfs when the command
+# line has a rootfstype= naming tmpfs, or neither root= (or an empty one)
+# nor rootfstype=; else a ramfs. systemd's stage 1 adds root=fstab, so
+# there it is a ramfs with or without rootfstype=ramfs. The last of each
+# parameter counts; after "--" they are init's.
+root_arg='' fs_arg='' fs_given=0
+set -f
+for p in $params; do
+  case $p in
+    --) break ;;
+    root=*) root_arg=${p#root=} ;;
+    rootfstype=*) fs_arg=${p#rootfstype=} fs_given=1 ;;
+  esac
+done
+set +f
+rootfs=ramfs copies=1
+if [ "$fs_given" = 1 ]; then
+  case $fs_arg in *tmpfs*) rootfs=tmpfs copies=2 ;; esac
+elif [ -z "$root_arg" ]; then
+  rootfs=tmpfs copies=2
+fi
 le32() { # FILE OFFSET: the little-endian 32-bit number at OFFSET in FILE
   od -An -tu4 -j"$2" -N4 "$1" 2>/dev/null | tr -d ' '
 }
@@ -552,6 +568,12 @@ avail_mib=$(($(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) / 1024))
 # --- Load ------------------------------------------------------------------
 
 cmdline="init=$init${params:+ $params}"
+# The machine-id also where systemd reads it first, so that it holds even
+# when the new system's /etc cannot be written (an immutable /etc): first,
+# so that a systemd.machine_id= of the parameters wins.
+if [ -s "$carry/machine-id" ]; then
+  cmdline="init=$init systemd.machine_id=$(cat "$carry/machine-id")${params:+ $params}"
+fi
 # kexec_file_load first (the kernel reads the files itself; required under
 # some lockdown policies), kexec_load when the kernel refuses it.
 if "$kexec" --kexec-file-syscall --load "$here/bzImage" --initrd="$initrd" \
