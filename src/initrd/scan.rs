@@ -118,10 +118,17 @@ fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
     }
     if drain {
         io::copy(&mut r, &mut io::sink()).map_err(|e| {
-            fail(
-                e,
-                "at the end of its compressed stream (whose check covers all of it)".into(),
-            )
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                anyhow!(
+                    "is cut short: the file ends before its compressed stream does; copy or \
+                     build the initrd again"
+                )
+            } else {
+                anyhow!(
+                    "is damaged: {e} (found at the end of its compressed stream, whose check \
+                     covers all of it); build the initrd again"
+                )
+            }
         })?;
     }
     Ok(())
