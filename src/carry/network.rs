@@ -1013,6 +1013,74 @@ mod tests {
     }
 
     #[test]
+    fn a_link_not_rebuilt_is_named_and_its_nic_asks_dhcp() {
+        let u = Units::from_state(&State {
+            addrs: r#"[{"ifname":"e0","address":"52:54:00:00:00:01","addr_info":[]},
+                {"ifname":"mv0","address":"52:54:00:00:00:09","addr_info":[{"family":"inet","local":"192.0.2.9","prefixlen":24}]}]"#,
+            links: r#"[{"ifname":"e0","address":"52:54:00:00:00:01","linkinfo":null},
+                {"ifname":"mv0","link":"e0","address":"52:54:00:00:00:09","linkinfo":{"info_kind":"macvlan"}}]"#,
+            resolv_conf: "nameserver 192.0.2.53\n",
+            ..State::default()
+        })
+        .expect("units");
+        assert_eq!(
+            u.warnings,
+            [
+                "mv0 is a macvlan link, which mkkexec network does not rebuild: its addresses and \
+              routes are not carried; e0 asks DHCP instead"
+            ]
+        );
+        assert_eq!(u.files.len(), 1);
+        assert!(
+            u.files[0]
+                .1
+                .contains("MACAddress=52:54:00:00:00:01\nKind=!bond bridge vlan\n")
+        );
+        assert!(
+            u.files[0].1.contains("DHCP=yes\nIPv6AcceptRA=yes\n"),
+            "{}",
+            u.files[0].1
+        );
+    }
+
+    #[test]
+    fn a_bond_its_ports_and_a_vlan_on_it() {
+        let u = Units::from_state(&State {
+            addrs: r#"[{"ifname":"bond0.42","address":"52:54:00:00:00:01","mtu":1500,"addr_info":[{"family":"inet","local":"203.0.113.42","prefixlen":24}]}]"#,
+            links: r#"[{"ifname":"e0","master":"bond0","address":"52:54:00:00:00:01","linkinfo":{"info_slave_kind":"bond","info_slave_data":{"perm_hwaddr":"52:54:00:00:00:01"}}},
+                {"ifname":"e1","master":"bond0","address":"52:54:00:00:00:01","linkinfo":{"info_slave_kind":"bond","info_slave_data":{"perm_hwaddr":"52:54:00:00:00:02"}}},
+                {"ifname":"bond0","address":"52:54:00:00:00:01","mtu":9000,"linkinfo":{"info_kind":"bond","info_data":{"mode":"active-backup","miimon":100,"primary":"e0"}}},
+                {"ifname":"bond0.42","link":"bond0","address":"52:54:00:00:00:01","linkinfo":{"info_kind":"vlan","info_data":{"protocol":"802.1Q","id":42}}}]"#,
+            resolv_conf: "nameserver 192.0.2.53\n",
+            ..State::default()
+        })
+        .expect("units");
+        let files: BTreeMap<&str, &str> = u
+            .files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        let f = |n: &str| {
+            files
+                .get(n)
+                .copied()
+                .unwrap_or_else(|| panic!("no {n}: {files:?}"))
+        };
+        assert!(f("00-nixos-kexec-bond0.netdev").contains(
+            "Name=bond0\nKind=bond\nMACAddress=52:54:00:00:00:01\n\n[Bond]\nMode=active-backup\nMIIMonitorSec=100ms\n"
+        ));
+        assert!(f("00-nixos-kexec-bond0.network").contains("MTUBytes=9000\n"));
+        assert!(f("00-nixos-kexec-bond0.network").contains("VLAN=bond0.42\n"));
+        assert!(f("00-nixos-kexec-bond0.42.netdev").contains("[VLAN]\nId=42\n"));
+        assert!(f("00-nixos-kexec-bond0.42.network").contains("Address=203.0.113.42/24\n"));
+        assert!(f("00-nixos-kexec-e1.network").contains("PermanentMACAddress=52:54:00:00:00:02\n"));
+        assert!(f("01-nixos-kexec-e1-by-mac.network").contains("MACAddress=52:54:00:00:00:02\n"));
+        assert!(f("00-nixos-kexec-e0.network").contains("Bond=bond0\nPrimarySlave=yes\n"));
+        assert!(!f("00-nixos-kexec-e1.network").contains("PrimarySlave"));
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+    }
+
+    #[test]
     fn blackhole_routes_are_named() {
         let u = one(
             r#"[{"ifname":"e0","address":"52:54:00:00:00:01","addr_info":[{"family":"inet","local":"192.0.2.9","prefixlen":24}]}]"#,
