@@ -14,11 +14,15 @@
 //! network/resolv.conf     /etc/resolv.conf
 //! network/ipv6/<link>/    accept_ra, autoconf of /proc/sys/net/ipv6/conf/<link>
 //! network/leases/         the DHCP clients' lease files, as they were
+//! network/proc/           instead of the JSON where no ip speaks it:
+//!                         /proc/net/{fib_trie,route,if_inet6,ipv6_route},
+//!                         sys/<link>/{address,mtu} of /sys/class/net
 //! ssh/ssh_host_*_key(.pub), authorized_keys, machine-id, hostname, notes
 //! ```
 
 pub mod lease;
 pub mod network;
+mod procnet;
 
 use std::collections::BTreeMap;
 
@@ -55,13 +59,24 @@ fn units_of(state: &Utf8Path) -> Result<network::Units> {
             Err(e) => Err(e).with_context(|| format!("cannot read {p}")),
         }
     };
-    let (addrs, routes_v4, routes_v6, resolv_conf, links) = (
-        read("addrs.json", true)?,
-        read("routes-v4.json", false)?,
-        read("routes-v6.json", false)?,
-        read("resolv.conf", false)?,
-        read("links.json", false)?,
-    );
+    let proc = state.join("proc");
+    let mut warnings = vec![];
+    let (addrs, routes_v4, routes_v6) = if !state.join("addrs.json").exists() && proc.is_dir() {
+        let p = procnet_of(&proc)?.as_ip();
+        warnings = p
+            .warnings
+            .into_iter()
+            .map(|w| format!("not carried: {w}"))
+            .collect();
+        (p.addrs, p.routes_v4, p.routes_v6)
+    } else {
+        (
+            read("addrs.json", true)?,
+            read("routes-v4.json", false)?,
+            read("routes-v6.json", false)?,
+        )
+    };
+    let (resolv_conf, links) = (read("resolv.conf", false)?, read("links.json", false)?);
     let mut ipv6 = BTreeMap::new();
     for (link, dir) in entries(&state.join("ipv6"))? {
         let value = |f: &str| {
@@ -83,7 +98,7 @@ fn units_of(state: &Utf8Path) -> Result<network::Units> {
         let bytes = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
         leases.push(String::from_utf8_lossy(&bytes).into_owned());
     }
-    network::Units::from_state(&network::State {
+    let mut units = network::Units::from_state(&network::State {
         addrs: &addrs,
         routes_v4: &routes_v4,
         routes_v6: &routes_v6,
@@ -92,7 +107,34 @@ fn units_of(state: &Utf8Path) -> Result<network::Units> {
         ipv6,
         leases,
     })
-    .with_context(|| format!("in the network state {state}"))
+    .with_context(|| format!("in the network state {state}"))?;
+    warnings.append(&mut units.warnings);
+    units.warnings = warnings;
+    Ok(units)
+}
+
+/// The /proc/net and /sys/class/net files kexec-boot copied into `dir`.
+fn procnet_of(dir: &Utf8Path) -> Result<procnet::ProcNet> {
+    let read = |p: Utf8PathBuf| -> Result<String> {
+        match std::fs::read(&p) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {p}")),
+        }
+    };
+    let mut links = BTreeMap::new();
+    for (name, link) in entries(&dir.join("sys"))? {
+        let mac = read(link.join("address"))?.trim().to_owned();
+        let mtu = read(link.join("mtu"))?.trim().parse().ok();
+        links.insert(name, (mac, mtu));
+    }
+    Ok(procnet::ProcNet {
+        fib_trie: read(dir.join("fib_trie"))?,
+        route: read(dir.join("route"))?,
+        if_inet6: read(dir.join("if_inet6"))?,
+        ipv6_route: read(dir.join("ipv6_route"))?,
+        links,
+    })
 }
 
 /// The entries of `dir` (name, path), sorted; none if it does not exist.

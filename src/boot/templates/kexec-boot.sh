@@ -92,131 +92,21 @@ elif command -v ip >/dev/null 2>&1; then
 else
   ip=
 fi
-# Without an ip that speaks JSON: what /sys/class/net and /proc/net say,
-# written as `ip -json` would (IPv4 addresses count as static: /proc does
-# not say which came from DHCP; on-link gateways are not marked).
+# Without an ip that speaks JSON: the kernel's own files, as they are
+# (mkkexec network reads them on the new system).
 proc_network() { # DIR
-  awk '
-    function hex(h,   i, n) {
-      n = 0; h = tolower(h)
-      for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1
-      return n
-    }
-    function and8(x, y,   r, b) {
-      r = 0; b = 1
-      while (x > 0 && y > 0) { if (x % 2 && y % 2) r += b; x = int(x / 2); y = int(y / 2); b *= 2 }
-      return r
-    }
-    # /proc/net/route: little-endian hex addresses and masks.
-    function ip4(h) {
-      return hex(substr(h, 7, 2)) "." hex(substr(h, 5, 2)) "." hex(substr(h, 3, 2)) "." hex(substr(h, 1, 2))
-    }
-    function bits(h,   n, b, i) {
-      n = 0
-      for (i = 1; i <= 8; i += 2) { b = hex(substr(h, i, 2)); while (b > 0) { n += b % 2; b = int(b / 2) } }
-      return n
-    }
-    function net4(a, m,   o, i, r) {
-      split(a, o, "."); r = ""
-      for (i = 1; i <= 4; i++) r = r (i > 1 ? "." : "") and8(o[i] + 0, hex(substr(m, 9 - 2 * i, 2)))
-      return r
-    }
-    # /proc/net/if_inet6, ipv6_route: 32 hex digits, mkkexec shortens them.
-    function ip6(h,   s, i) {
-      s = substr(h, 1, 4)
-      for (i = 5; i <= 32; i += 4) s = s ":" substr(h, i, 4)
-      return s
-    }
-    FILENAME ~ /\/address$/ { n = split(FILENAME, p, "/"); mac[p[n - 1]] = $1; next }
-    FILENAME ~ /fib_trie$/ {
-      if ($1 == "|--") cand = $2
-      else if ($0 ~ /\/32 host LOCAL/ && cand !~ /^127\./) local4[cand] = 1
-      next
-    }
-    FILENAME ~ /net\/route$/ { if (FNR > 1) r4[++n4] = $0; next }
-    FILENAME ~ /if_inet6$/ {
-      sc = hex($4)
-      scope = (sc == 0) ? "global" : (sc == 32) ? "link" : (sc == 64) ? "site" : "host"
-      dyn = and8(hex($5), 128) ? "" : ",\"dynamic\":true"
-      info[$6] = info[$6] (info[$6] == "" ? "" : ",") \
-        sprintf("{\"family\":\"inet6\",\"local\":\"%s\",\"prefixlen\":%d,\"scope\":\"%s\"%s}", ip6($1), hex($3), scope, dyn)
-      a6[++m6] = $6 " " $1 " " hex($3)
-      next
-    }
-    FILENAME ~ /ipv6_route$/ { r6[++n6] = $0; next }
-    END {
-      # Each local IPv4 address belongs to the link of the direct route
-      # that holds it, with that route prefix.
-      for (a in local4) {
-        best = -1
-        for (i = 1; i <= n4; i++) {
-          split(r4[i], f, "\t")
-          if (f[3] != "00000000") continue
-          if (net4(a, f[8]) == ip4(f[2]) && bits(f[8]) > best) { best = bits(f[8]); dev = f[1] }
-        }
-        if (best < 0) {
-          print "the address " a " (no route to its network names its link, as for a /32)" > "/dev/stderr"
-          continue
-        }
-        v4[dev] = v4[dev] (v4[dev] == "" ? "" : ",") \
-          sprintf("{\"family\":\"inet\",\"local\":\"%s\",\"prefixlen\":%d,\"scope\":\"global\"}", a, best)
-      }
-      out = dir "/addrs.json"; printf "[" > out; sep = ""
-      for (l in mac) {
-        both = (v4[l] != "" && info[l] != "") ? "," : ""
-        kind = (l == "lo") ? "loopback" : "ether"
-        printf "%s{\"ifname\":\"%s\",\"link_type\":\"%s\",\"address\":\"%s\",\"addr_info\":[%s%s%s]}", sep, l, kind, mac[l], v4[l], both, info[l] > out
-        sep = ","
-      }
-      print "]" > out
-      out = dir "/routes-v4.json"; printf "[" > out; sep = ""
-      for (i = 1; i <= n4; i++) {
-        split(r4[i], f, "\t")
-        flags = hex(f[4])
-        if (int(flags / 512) % 2) continue
-        dst = (f[2] == "00000000" && f[8] == "00000000") ? "default" : ip4(f[2]) "/" bits(f[8])
-        # A gateway route without an IPv4 gateway goes through an IPv6 next
-        # hop, which /proc/net/route does not show.
-        if (int(flags / 2) % 2 && f[3] == "00000000") {
-          print "the route to " dst " through an IPv6 next hop" > "/dev/stderr"
-          continue
-        }
-        extra = ""
-        if (f[3] != "00000000") extra = sprintf(",\"gateway\":\"%s\"", ip4(f[3]))
-        else {
-          # The kernel adds a route to the network of each address.
-          for (a in local4) if (bits(f[8]) < 32 && net4(a, f[8]) == ip4(f[2])) extra = ",\"protocol\":\"kernel\""
-          if (extra == "") extra = ",\"scope\":\"link\""
-        }
-        # (The metric is decimal there, unlike the rest.)
-        if (f[7] + 0 > 0) extra = extra sprintf(",\"metric\":%d", f[7])
-        printf "%s{\"dst\":\"%s\",\"dev\":\"%s\"%s,\"flags\":[]}", sep, dst, f[1], extra > out
-        sep = ","
-      }
-      print "]" > out
-      out = dir "/routes-v6.json"; printf "[" > out; sep = ""
-      for (i = 1; i <= n6; i++) {
-        split(r6[i], f, " +")
-        flags = hex(f[9]); len = hex(f[2])
-        # Not the local table, multicast, rejects or routes that are down.
-        if (f[10] == "lo" || flags >= 2147483648 || substr(f[1], 1, 2) == "ff" || flags % 2 == 0 || int(flags / 512) % 2) continue
-        dst = (len == 0) ? "default" : ip6(f[1]) "/" len
-        extra = ""
-        if (f[5] != "00000000000000000000000000000000") extra = sprintf(",\"gateway\":\"%s\"", ip6(f[5]))
-        # From router advertisements (RTF_ADDRCONF, RTF_DEFAULT).
-        if (int(flags / 262144) % 2 || int(flags / 65536) % 2) extra = extra ",\"protocol\":\"ra\""
-        else if (extra == "")
-          for (j = 1; j <= m6; j++) {
-            split(a6[j], g, " ")
-            if (g[1] == f[10] && g[3] == len && len % 4 == 0 && substr(g[2], 1, len / 4) == substr(f[1], 1, len / 4))
-              extra = ",\"protocol\":\"kernel\""
-          }
-        printf "%s{\"dst\":\"%s\",\"dev\":\"%s\"%s,\"metric\":%d,\"flags\":[]}", sep, dst, f[10], extra, hex(f[6]) > out
-        sep = ","
-      }
-      print "]" > out
-    }' dir="$1" /sys/class/net/*/address /proc/net/fib_trie /proc/net/route \
-    /proc/net/if_inet6 /proc/net/ipv6_route
+  mkdir -p "$1/proc"
+  for f in fib_trie route if_inet6 ipv6_route; do
+    cat "/proc/net/$f" >"$1/proc/$f" 2>/dev/null || :
+  done
+  for d in /sys/class/net/*; do
+    [ -r "$d/address" ] || continue
+    mkdir -p "$1/proc/sys/${d##*/}"
+    for a in address mtu; do
+      cat "$d/$a" >"$1/proc/sys/${d##*/}/$a" 2>/dev/null || :
+    done
+  done
+  [ -s "$1/proc/route" ]
 }
 
 # The home of USER, from the passwd file.
@@ -241,13 +131,10 @@ collect() {
     fi
   else
     why=${ip:+$ip -json failed ($(head -n 1 "$work/ip.err"))}
-    if [ -r /proc/net/route ] && proc_network "$carry/network" 2>"$work/proc.err"; then
-      note "${why:-no ip command}: the network is carried from /proc/net and /sys/class/net; IPv4 addresses as static (which came from DHCP is not known there), on-link gateways as mkkexec guesses them, every link as a NIC of its own (bonds, bridges and VLANs are not made again)"
-      while IFS= read -r line; do
-        note "not carried: $line"
-      done <"$work/proc.err"
+    if proc_network "$carry/network"; then
+      note "${why:-no ip command}: the network is carried as /proc/net and /sys/class/net say it; IPv4 addresses as static (which came from DHCP is not known there), on-link gateways as mkkexec guesses them, every link as a NIC of its own (bonds, bridges and VLANs are not made again); the new system says what it could not place"
     else
-      rm -f "$carry/network/"*.json
+      rm -rf "$carry/network/"*.json "$carry/network/proc"
       note "${why:-no ip command}, and /proc/net cannot be read: addresses and routes are not carried (the tarball bundles an ip); the new system asks DHCP"
     fi
   fi
