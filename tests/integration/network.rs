@@ -156,7 +156,35 @@ px dnsmasq --no-resolv --no-hosts --port=0 --interface=pe0 --bind-interfaces \
   --dhcp-range=198.51.100.130,198.51.100.150,255.255.255.0,1h \
   --dhcp-leasefile="$W/dnsmasq.leases" --pid-file="$W/dnsmasq.pid"
 mkdir -p "$W/root/var/lib/dhcp"
-hx dhclient -4 -i -pf "$W/dhclient.pid" -lf "$W/root/var/lib/dhcp/dhclient.e0.leases" -I e0 2>/dev/null
+hx dhclient -4 -i -pf "$W/host-dhclient.pid" -lf "$W/root/var/lib/dhcp/dhclient.e0.leases" -I e0 2>/dev/null
+"#,
+        ping: &["198.51.100.1", "192.0.2.254"],
+    },
+    Shape {
+        // A host whose own systemd-networkd took its lease from the pool (its
+        // DUID comes from its machine-id, which the new system does not share
+        // here: only the carried lease's identity gets the same address).
+        name: "networkd-dhcp-host",
+        nics: &[("e0", "52:54:00:91:00:01")],
+        setup: r#"
+p addr add 198.51.100.1/24 dev pe0
+px dnsmasq --no-resolv --no-hosts --port=0 --interface=pe0 --bind-interfaces \
+  --dhcp-range=198.51.100.130,198.51.100.150,255.255.255.0,1h \
+  --dhcp-leasefile="$W/dnsmasq.leases" --pid-file="$W/dnsmasq.pid"
+mkdir -p "$W/root/run/systemd/network"
+printf '[Match]\nMACAddress=52:54:00:91:00:01\n\n[Network]\nDHCP=ipv4\n' >"$W/root/run/systemd/network/10-e0.network"
+echo 0123456789abcdef0123456789abcdef >"$W/old-machine-id"
+hx unshare -m sh -c '
+  mount --make-rslave /; mount --bind "$1/root/run" /run; mount --bind "$1/old-machine-id" /etc/machine-id
+  for d in /etc/systemd/network /usr/lib/systemd/network /lib/systemd/network \
+    /usr/local/lib/systemd/network /var/lib/systemd/network; do
+    [ -d "$d" ] && mount -t tmpfs -o ro tmpfs "$d" || :
+  done
+  mount -o remount,bind,ro /sys
+  exec /lib/systemd/systemd-networkd' sh "$W" >"$W/old-networkd.log" 2>&1 &
+echo $! >"$W/host-networkd.pid"
+for i in $(seq 300); do h -4 addr show e0 | grep -q dynamic && break; sleep 0.1; done
+h -4 addr show e0 | grep -q dynamic
 "#,
         ping: &["198.51.100.1", "192.0.2.254"],
     },
@@ -277,13 +305,24 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in ["dnsmasq.pid", "dhclient.pid"] {
-            if let Ok(pid) = std::fs::read_to_string(self.w.join(pid)) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
-        }
+        kill_pids(&self.w, "");
         for ns in [&self.h, &self.n, &self.p] {
             quietly_delete(ns);
+        }
+    }
+}
+
+/// Kill what the `*.pid` files in `w` whose names start with `prefix` name
+/// (`host-…`: the old host's DHCP client or networkd, which a kexec stops
+/// without a word).
+fn kill_pids(w: &Utf8Path, prefix: &str) {
+    for e in w.read_dir_utf8().into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.starts_with(prefix)
+            && name.ends_with(".pid")
+            && let Ok(pid) = std::fs::read_to_string(e.path())
+        {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         }
     }
 }
@@ -401,16 +440,20 @@ fn state(ns: &str) -> BTreeSet<String> {
 }
 
 /// Runs Debian's systemd-networkd in `ns` with the units of `units`, its
-/// /run in `run` (shared/TESTBENCH.md).
+/// /run in `run` (shared/TESTBENCH.md), and a machine-id of its own: the
+/// DHCP identity networkd derives from it is not the old host's.
 fn networkd(ns: &str, units: &Utf8Path, run: &Utf8Path, log: &Utf8Path) -> Child {
     std::fs::create_dir_all(run.join("systemd/network")).expect("mkdir");
     sh(&format!("cp {units}/* {run}/systemd/network/"));
+    let machine_id = run.with_file_name("new-machine-id");
+    std::fs::write(&machine_id, "fedcba9876543210fedcba9876543210\n").expect("write");
     Command::new("ip")
         .args(["netns", "exec", ns, "unshare", "-m", "sh", "-c"])
         .arg(
             r#"set -e
 mount --make-rslave /
 mount --bind "$1" /run
+mount --bind "$2" /etc/machine-id
 for d in /etc/systemd/network /usr/lib/systemd/network /lib/systemd/network \
   /usr/local/lib/systemd/network /var/lib/systemd/network; do
   [ -d "$d" ] && mount -t tmpfs -o ro tmpfs "$d" || :
@@ -420,6 +463,7 @@ exec /lib/systemd/systemd-networkd"#,
         )
         .arg("sh")
         .arg(run)
+        .arg(&machine_id)
         .env("SYSTEMD_LOG_LEVEL", "debug")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log).expect("log"))
@@ -512,9 +556,7 @@ fn prove(shape: &Shape) {
 
     // The kexec: the DHCP client dies without a word, the links lose their
     // configuration, the NICs come back under other names.
-    if let Ok(pid) = std::fs::read_to_string(w.join("dhclient.pid")) {
-        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-    }
+    kill_pids(&w, "host-");
     for (i, (nic, _)) in shape.nics.iter().enumerate() {
         sh(&format!(
             "ip -n {h} link set {nic} nomaster 2>/dev/null || :; \
@@ -709,6 +751,7 @@ shapes! {
     network_comes_back_ipv4_via_ipv6_next_hop => "ipv4-via-ipv6-next-hop",
     network_comes_back_point_to_point => "point-to-point",
     network_comes_back_dhcp_pool_same_lease => "dhcp-pool",
+    network_comes_back_networkd_dhcp_host_same_lease => "networkd-dhcp-host",
     network_comes_back_router_advertisements_without_autoconf => "router-advertisements-without-autoconf",
     network_comes_back_jumbo_frames => "jumbo-frames",
     network_comes_back_bridge => "bridge",
