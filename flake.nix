@@ -75,6 +75,9 @@
           default = build.kexecTree;
           # result/tarball/nixos-system-<system>.tar.gz
           tarball = build.kexecTarball;
+          # result/tarball/nixos-kexec-installer-<system>.tar.gz, for
+          # `nixos-anywhere --kexec`.
+          kexec-installer = build.kexecInstallerTarball;
         }
         # The other architectures, cross-compiled here:
         # `nix build .#tarball-aarch64-linux` on x86_64-linux.

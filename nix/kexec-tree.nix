@@ -171,7 +171,9 @@ in
       ++ kernelParamArgs kernelParams;
     };
 
-  # <out>/<filePath>: unpacked at /, it gives /nixos-kexec/bin/nixos-kexec.
+  # <out>/<filePath>: with layout "root", unpacked at /, it gives
+  # /nixos-kexec/bin/nixos-kexec; with "kexec-installer", nixos-anywhere's
+  # --kexec tarball: kexec/run (kexec-boot), bzImage, initrd.gz, kexec, ip.
   tarball =
     {
       tree,
@@ -179,10 +181,16 @@ in
       # take the tree's (if it has them) or rely on the host's.
       kexec ? null,
       ip ? null,
+      layout ? "root",
       # Where the tarball goes below the output; the module passes
       # config.image.filePath (nixos-system-<host system>.tar.gz).
-      filePath ? "tarball/nixos-system-${system}.tar.gz",
-      name ? "nixos-kexec-tarball",
+      filePath ?
+        if layout == "kexec-installer" then
+          "tarball/nixos-kexec-installer-${system}.tar.gz"
+        else
+          "tarball/nixos-system-${system}.tar.gz",
+      name ?
+        if layout == "kexec-installer" then "nixos-kexec-installer" else "nixos-kexec-tarball",
     }@args:
     runMkkexec {
       inherit name;
@@ -191,6 +199,15 @@ in
         "--tree"
         "${tree}"
       ]
+      ++ (
+        if layout == "root" then
+          [ ]
+        else
+          [
+            "--layout"
+            layout
+          ]
+      )
       ++ toolArgs args;
       outputSuffix = "/${filePath}";
     };

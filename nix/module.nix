@@ -13,6 +13,9 @@
 #                                   static kexec and ip
 #   system.build.netbootIpxeScript  <out>/netboot.ipxe (for <kernel target> and initrd beside it)
 #   system.build.kexecTarball       <out>/tarball/nixos-system-<system>.tar.gz (also system.build.image)
+#   system.build.kexecInstallerTarball
+#                                   <out>/tarball/nixos-kexec-installer-<system>.tar.gz: kexec/run,
+#                                   bzImage, initrd.gz, kexec, ip, for `nixos-anywhere --kexec`
 #
 # It may be imported beside netboot-minimal.nix or netboot-base.nix, as
 # nixpkgs' manual describes: the module system imports netboot.nix once.
@@ -390,6 +393,16 @@ in
             inherit (config.image) filePath;
           }
         );
+
+        # The same tree for nixos-anywhere (`--kexec`), which unpacks it in
+        # $HOME/kexec and runs kexec/run; it accepts the system only if its
+        # os-release says ID=nixos and VARIANT_ID=installer
+        # (system.nixos.variant_id, set by the flake's configuration.nix).
+        kexecInstallerTarball = kexecLib.tarball {
+          tree = config.system.build.kexecTree;
+          layout = "kexec-installer";
+          filePath = "tarball/nixos-kexec-installer-${hostSystem}.tar.gz";
+        };
       };
 
       # What kexec-boot carried, put in place before the switch to the

@@ -29,9 +29,12 @@ pub const FILES: [(&str, u32); 5] = [
     ("bin/nixos-kexec", 0o755),
     ("bzImage", 0o644),
     ("initrd.gz", 0o644),
-    ("kexec-boot", 0o755),
+    (KEXEC_BOOT, 0o755),
     ("netboot.ipxe", 0o644),
 ];
+
+/// The script that loads the tree and jumps.
+pub const KEXEC_BOOT: &str = "kexec-boot";
 
 /// Left out of a tree whose kernel parameters iPXE cannot carry (`tree`
 /// says why when it builds it); the tree is still whole: `tarball` packs it.
@@ -184,7 +187,7 @@ fn build_in(
 
     let spec = BootSpec::new(toplevel, opts.kernel_params).with_initrd(&initrd_path)?;
     write_file(
-        &dir.join("kexec-boot"),
+        &dir.join(KEXEC_BOOT),
         script::kexec_boot(&spec)?.as_bytes(),
         0o755,
     )?;

@@ -193,14 +193,19 @@ pub enum Command {
         #[arg(long, short)]
         output: Utf8PathBuf,
     },
-    /// Pack a kexec tree into a tar.gz to unpack at `/`: /nixos-kexec/bin/nixos-kexec.
+    /// Pack a kexec tree into a tar.gz: to unpack at `/` (/nixos-kexec/bin/nixos-kexec), or
+    /// nixos-anywhere's kexec/run.
     #[command(
-        after_help = "Example:\n  mkkexec tarball --tree tree --kexec /nix/store/…-kexec-tools-static/bin/kexec \\\n    --output nixos-system-x86_64-linux.tar.gz"
+        after_help = "Examples:\n  mkkexec tarball --tree tree --kexec /nix/store/…-kexec-tools-static/bin/kexec \\\n    --output nixos-system-x86_64-linux.tar.gz\n  mkkexec tarball --tree tree --layout kexec-installer \\\n    --output nixos-kexec-installer-x86_64-linux.tar.gz   # nixos-anywhere --kexec FILE"
     )]
     Tarball {
         /// The kexec tree (from `mkkexec tree`).
         #[arg(long)]
         tree: Utf8PathBuf,
+        /// root: nixos-kexec/… to unpack at `/`; kexec-installer: kexec/run, bzImage, initrd.gz,
+        /// kexec, ip, as nixos-anywhere's --kexec unpacks and runs it.
+        #[arg(long, value_enum, default_value_t = crate::boot::tarball::Layout::Root)]
+        layout: crate::boot::tarball::Layout,
         /// Tools to bundle instead of the tree's own, if it has them.
         #[command(flatten)]
         tools: ToolArgs,

@@ -110,10 +110,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Tarball {
             tree,
+            layout,
             tools,
             level,
             output,
-        } => tarball::build(tree, output, &bundled(tools), *level)?,
+        } => tarball::build(tree, output, &bundled(tools), *level, *layout)?,
         Command::Network { state, output } => crate::carry::write_network_units(state, output)?,
         Command::Inspect { file } => inspect::inspect(file, &mut std::io::stdout().lock())?,
     }

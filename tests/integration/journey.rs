@@ -55,6 +55,19 @@ pub fn debian_copy(dest: &Utf8Path) {
 /// with fresh host keys, root's keys (one behind a cloud image's
 /// `command=` restriction), its own machine-id. Packed as its initramfs.
 fn host_initrd(dir: &Utf8Path, key: &str, restricted_key: &str) -> Utf8PathBuf {
+    let root = host_root(
+        dir,
+        &format!(
+            "{key}\nno-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"debian\\\" rather than the user \\\"root\\\".';echo;sleep 10;exit 142\" {restricted_key}\n"
+        ),
+    );
+    pack_host(dir, &root)
+}
+
+/// The old host's root (as [`host_initrd`] describes it) in `dir/host-root`,
+/// with `root_keys` as root's authorized_keys (none when empty), to adjust
+/// before [`pack_host`].
+pub(crate) fn host_root(dir: &Utf8Path, root_keys: &str) -> Utf8PathBuf {
     let root = dir.join("host-root");
     debian_copy(&root);
     sh(&format!(
@@ -74,23 +87,30 @@ fn host_initrd(dir: &Utf8Path, key: &str, restricted_key: &str) -> Utf8PathBuf {
              [Route]\nDestination=198.51.100.0/24\nGateway=10.0.2.2\nMetric=50\n"
                 .to_owned(),
         ),
-        (
-            "root/.ssh/authorized_keys",
-            format!(
-                "{key}\nno-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"debian\\\" rather than the user \\\"root\\\".';echo;sleep 10;exit 142\" {restricted_key}\n"
-            ),
-        ),
     ];
-    for (f, text) in files {
+    let keys = [("root/.ssh/authorized_keys", root_keys.to_owned())];
+    let keys = if root_keys.is_empty() {
+        &[][..]
+    } else {
+        &keys[..]
+    };
+    for (f, text) in files.iter().chain(keys) {
         std::fs::create_dir_all(root.join(f).parent().expect("parent")).expect("mkdir");
         std::fs::write(root.join(f), text).expect("write");
     }
     sh(&format!(
-        "chmod 700 {root}/root/.ssh && chmod 600 {root}/root/.ssh/authorized_keys && \
+        "mkdir -p {root}/root/.ssh && chmod 700 {root}/root/.ssh && \
+         {{ [ ! -e {root}/root/.ssh/authorized_keys ] || chmod 600 {root}/root/.ssh/authorized_keys; }} && \
          mkdir -p {root}/etc/systemd/system/multi-user.target.wants {root}/etc/systemd/system/sockets.target.wants && \
          ln -sf /lib/systemd/system/systemd-networkd.service {root}/etc/systemd/system/multi-user.target.wants/ && \
          ln -sf /lib/systemd/system/systemd-networkd.socket {root}/etc/systemd/system/sockets.target.wants/"
     ));
+    root
+}
+
+/// The host root made by [`host_root`], packed as the VM's initramfs (and
+/// removed).
+pub(crate) fn pack_host(dir: &Utf8Path, root: &Utf8Path) -> Utf8PathBuf {
     let out = dir.join("host.cpio");
     sh(&format!(
         "cd {root} && find . | cpio -o -H newc --quiet > {out}"
@@ -115,6 +135,12 @@ fn system_root(dir: &Utf8Path) -> Utf8PathBuf {
 /// (Debian 12) ip bundled; the host's own kexec-tools load it (this
 /// machine's kexec needs Xen's libraries).
 fn tarball(dir: &Utf8Path) -> Utf8PathBuf {
+    fixture_tarball(dir, "tarball", "nixos-system")
+}
+
+/// The fixture's (tests/fixture/journey) tarball `attr`, named
+/// `<prefix>-<system>.tar.gz`, as [`tarball`] describes it.
+pub(crate) fn fixture_tarball(dir: &Utf8Path, attr: &str, prefix: &str) -> Utf8PathBuf {
     let k = kernel_dir();
     let system_root = system_root(dir);
     let mut c = nix("nix-build");
@@ -122,7 +148,7 @@ fn tarball(dir: &Utf8Path) -> Utf8PathBuf {
         "{}/tests/fixture/journey/default.nix",
         env!("CARGO_MANIFEST_DIR")
     ))
-    .args(["--no-out-link", "-A", "tarball"])
+    .args(["--no-out-link", "-A", attr])
     // Paths, which Nix copies into the store for the sandboxed builds.
     .args(["--arg", "mkkexec", env!("CARGO_BIN_EXE_mkkexec")])
     .args(["--arg", "kernel"])
@@ -136,14 +162,12 @@ fn tarball(dir: &Utf8Path) -> Utf8PathBuf {
     let out = ok(&mut c);
     sh(&format!("rm -rf {system_root}"));
     let system = sh("uname -m");
-    Utf8PathBuf::from(out.lines().last().expect("a path").trim()).join(format!(
-        "tarball/nixos-system-{}-linux.tar.gz",
-        system.trim()
-    ))
+    Utf8PathBuf::from(out.lines().last().expect("a path").trim())
+        .join(format!("tarball/{prefix}-{}-linux.tar.gz", system.trim()))
 }
 
 /// The VM, killed when dropped.
-struct Vm(Child);
+pub(crate) struct Vm(Child);
 
 impl Drop for Vm {
     fn drop(&mut self) {
@@ -152,22 +176,55 @@ impl Drop for Vm {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
 }
 
-struct Ssh {
-    port: u16,
-    known_hosts: Utf8PathBuf,
+/// The old host booted from `initrd` under QEMU (TCG), its SSH port
+/// forwarded to a free port of this machine's 127.0.0.1; its serial console
+/// in `dir/serial.log`.
+pub(crate) fn boot_host(dir: &Utf8Path, initrd: &Utf8Path) -> (Vm, u16, Utf8PathBuf) {
+    let port = free_port();
+    let log = dir.join("serial.log");
+    let vm = Vm(Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "3072",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{log}"))
+        .arg("-nic")
+        .arg(format!("user,model=e1000,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .arg("-kernel")
+        .arg(kernel_dir().join("vmlinuz"))
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 rdinit=/sbin/init panic=-1"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn qemu"));
+    (vm, port, log)
+}
+
+pub(crate) struct Ssh {
+    pub port: u16,
+    pub known_hosts: Utf8PathBuf,
 }
 
 impl Ssh {
     /// `cmd` on the machine behind the port, as root with `key`; the host
     /// key must be the one already known unless `first`.
-    fn run(&self, key: &Utf8Path, first: bool, cmd: &str) -> Command {
+    pub(crate) fn run(&self, key: &Utf8Path, first: bool, cmd: &str) -> Command {
         let mut c = Command::new("ssh");
         c.arg("-i")
             .arg(key)
@@ -197,7 +254,7 @@ impl Ssh {
     }
 
     /// Wait until `cmd` succeeds, at most `limit`.
-    fn wait(
+    pub(crate) fn wait(
         &self,
         key: &Utf8Path,
         first: bool,
@@ -247,32 +304,7 @@ fn operator_kexecs_a_debian_server_over_ssh_and_gets_it_back() {
     let tarball = tarball(&dir);
     let initrd = host_initrd(&dir, &public(&key), &public(&restricted));
 
-    let port = free_port();
-    let log = dir.join("serial.log");
-    let _vm = Vm(Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "3072",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{log}"))
-        .arg("-nic")
-        .arg(format!("user,model=e1000,hostfwd=tcp:127.0.0.1:{port}-:22"))
-        .arg("-kernel")
-        .arg(kernel_dir().join("vmlinuz"))
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 rdinit=/sbin/init panic=-1"])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn qemu"));
+    let (_vm, port, log) = boot_host(&dir, &initrd);
     let ssh = Ssh {
         port,
         known_hosts: dir.join("known_hosts"),

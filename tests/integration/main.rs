@@ -4,6 +4,7 @@
 //! dash, Nix, nixpkgs' module system, and the Linux kernel under QEMU.
 
 mod aarch64;
+mod anywhere;
 mod boot;
 mod common;
 mod initrd;

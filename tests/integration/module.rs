@@ -362,6 +362,81 @@ fn module_refuses_a_squashfs_compression_mkkexec_does_not_write() {
     assert_eq!(e.matches("asks for").count(), 1, "said once: {e}");
 }
 
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_installer_tarball_is_the_tree_in_nixos_anywhere_layout() {
+    let c = checks("[ ]");
+    for (case, system) in [
+        ("systemd", "x86_64-linux"),
+        ("aarch64", "aarch64-linux"),
+        ("crossAarch64", "aarch64-linux"),
+    ] {
+        // The same tree as the tarball, laid out as kexec/run, bzImage, …
+        let args = strs(&c[case]["args"]["kexecInstallerTarball"]);
+        let tree = strs(&c[case]["args"]["kexecTarball"])[2];
+        assert_eq!(
+            args,
+            ["tarball", "--tree", tree, "--layout", "kexec-installer"],
+            "{case}"
+        );
+        assert!(tree.ends_with("-kexec-tree"), "{case}: {tree}");
+        // ... named as nixos-anywhere's --kexec tarballs are.
+        let script = c[case]["installerTarballScript"].as_str().expect("script");
+        assert!(
+            script.contains(&format!(
+                "--output \"${{outputs[out]}}/tarball/nixos-kexec-installer-{system}.tar.gz\""
+            )),
+            "{case}: {script}"
+        );
+    }
+    // The seed's tarball stays as it was.
+    assert_eq!(
+        strs(&c["systemd"]["args"]["kexecTarball"]).len(),
+        3,
+        "{}",
+        c["systemd"]["args"]["kexecTarball"]
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn configuration_is_an_installer_nixos_anywhere_accepts() {
+    // The flake's configuration.nix through the model of nixpkgs'
+    // version.nix: what nixos-anywhere's facts read from /etc/os-release.
+    let c = &checks("[ ]")["configuration"];
+    let os_release = c["osRelease"].as_str().expect("os-release");
+    let lines: Vec<&str> = os_release.lines().collect();
+    assert!(
+        lines.contains(&"ID=nixos") && lines.contains(&"VARIANT_ID=installer"),
+        "{os_release}"
+    );
+    // What its later phases run on the installer.
+    let packages = strs(&c["packages"]);
+    for want in [
+        "nixos-install-tools",
+        "disko",
+        "nixos-facter",
+        "rsync",
+        "jq",
+    ] {
+        assert!(packages.contains(&want), "{want}: {packages:?}");
+    }
+    assert_eq!(strs(&c["nixFeatures"]), ["nix-command", "flakes"]);
+    // Root by key only.
+    assert_eq!(c["settings"]["PermitRootLogin"], "prohibit-password");
+    assert_eq!(c["settings"]["PasswordAuthentication"], false);
+    assert_eq!(c["settings"]["KbdInteractiveAuthentication"], false);
+    assert_eq!(c["carry"]["sshd"], true);
+    // Its installer tarball instantiates.
+    assert!(
+        c["drvPaths"]["kexecInstallerTarball"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("-nixos-kexec-installer.drv")),
+        "{}",
+        c["drvPaths"]
+    );
+}
+
 /// A nixpkgs stand-in flake: nixpkgs' lib plus the model (see
 /// tests/nixos-model/flake.nix).
 fn standin(test: &str) -> Utf8PathBuf {
@@ -397,6 +472,7 @@ fn flake_shows_and_checks_with_a_modelled_nixpkgs() {
         "nixosConfigurations",
         "mkkexec",
         "tarball",
+        "kexec-installer",
         "vm-kexec",
     ] {
         assert!(show.contains(want), "{want} missing from:\n{show}");
@@ -410,6 +486,15 @@ fn flake_shows_and_checks_with_a_modelled_nixpkgs() {
     assert!(
         tarball.starts_with("tarball --tree /nix/store/"),
         "{tarball}"
+    );
+    let installer = ok(flake(&s, &["eval", "--raw"])
+        .arg(format!("{root}#packages.x86_64-linux.kexec-installer.args"))
+        .args(["--apply", "a: builtins.elemAt a 1"]));
+    assert!(
+        installer.contains(
+            r#"--output "${outputs[out]}/tarball/nixos-kexec-installer-x86_64-linux.tar.gz""#
+        ),
+        "{installer}"
     );
     // The aarch64 tarball, cross-compiled on x86_64: named for aarch64.
     let cross = ok(flake(&s, &["eval", "--raw"])

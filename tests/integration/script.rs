@@ -313,6 +313,69 @@ fn kexec_boot_carries_the_keys_of_the_sudo_user() {
 
 #[test]
 #[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_carries_the_keys_of_the_doas_user() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(h.run(&["--no-detach"]).env("DOAS_USER", "debian"));
+    let keys = std::fs::read_to_string(h.carried().join("authorized_keys")).expect("keys");
+    assert!(
+        keys.contains("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 debian@ci"),
+        "{keys}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_hands_the_extra_flags_to_both_loads() {
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    // As nixos-anywhere passes them: one argument, split at spaces; a glob
+    // character stays as it is.
+    let out = h
+        .run(&["--kexec-extra-flags", "--no-sync  --debug=*", "--no-detach"])
+        .env("FAKE_KEXEC_FILE_FAILS", "1")
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let log = log_without_initrd(&h.log());
+    let tree = h.tree();
+    let load = |syscall: &str| {
+        format!(
+            "{syscall}\n--load\n{tree}/bzImage\n--initrd=…\n\
+             --command-line=init={TOPLEVEL}/init systemd.machine_id=0123456789abcdef0123456789abcdef \
+             console=ttyS0,115200 panic=30 quoted='it''s $(x)'\n--no-sync\n--debug=*\n"
+        )
+    };
+    assert_eq!(
+        log,
+        format!(
+            "{}{}-e",
+            load("--kexec-file-syscall"),
+            load("--kexec-syscall")
+        )
+    );
+    // What nixos-anywhere looks for before it waits for the machine to go.
+    assert!(
+        err.contains("the machine will boot into nixos now"),
+        "{err}"
+    );
+    // An empty value (nixos-anywhere's default) adds nothing.
+    let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
+    ok(&mut h.run(&["--kexec-extra-flags", "", "--no-detach"]));
+    assert!(
+        h.log().contains("panic=30 quoted='it''s $(x)'\n-e\n"),
+        "{}",
+        h.log()
+    );
+    // A missing value is refused before anything runs.
+    let e = fails(&mut h.run(&["--kexec-extra-flags"]));
+    assert!(
+        e.contains("--kexec-extra-flags needs the flags, as one argument"),
+        "{e}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
 fn kexec_boot_says_what_it_could_not_carry() {
     let h = FakeHost::new(&script(&spec(&params(), 1 << 20)));
     let host = h.dir.join("host");
@@ -380,7 +443,11 @@ fn kexec_boot_dry_run_loads_unloads_and_can_run_again() {
     // The tree is read-only, as nix build's result is.
     sh(&format!("chmod -R a-w {}", h.tree()));
     sh(&format!("chmod u+w {}", h.tree()));
-    ok(&mut h.run(&["--dry-run"]));
+    let dry = h.run(&["--dry-run"]).output().expect("spawn");
+    assert!(dry.status.success(), "{dry:?}");
+    let dry = String::from_utf8_lossy(&dry.stderr);
+    // Nothing is handed over: nixos-anywhere must not take it for a kexec.
+    assert!(!dry.contains("machine will boot into nixos"), "{dry}");
     assert!(h.log().ends_with("\n--unload\n"), "{}", h.log());
     let first = std::fs::read(h.tree().join("loaded-initrd")).expect("loaded");
     ok(&mut h.run(&["--no-detach"]));
@@ -399,6 +466,7 @@ fn kexec_boot_detaches_and_returns_first() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("the new system starts in 2 s"), "{err}");
+    assert!(err.contains("machine will boot into nixos"), "{err}");
     assert!(
         !h.log().contains("\n-e\n"),
         "started before the script returned"

@@ -392,3 +392,85 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
     );
     assert!(log.ends_with("loglevel=4\n-e\n"), "{log}");
 }
+
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn installer_tarball_runs_as_nixos_anywhere_runs_it() {
+    require("tar", "tar");
+    require("setsid", "util-linux");
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let tree = dir.join("tree");
+    build_tree(&f, &dir, &tree);
+    let kexec = dir.join("kexec-static");
+    recording_kexec(&kexec);
+    let tarball = |name: &str| {
+        let t = dir.join(name);
+        ok(mkkexec()
+            .args(["tarball", "--layout", "kexec-installer", "--tree"])
+            .arg(&tree)
+            .arg("--kexec")
+            .arg(&kexec)
+            .arg("-o")
+            .arg(&t));
+        t
+    };
+    let (a, b) = (tarball("a.tar.gz"), tarball("b.tar.gz"));
+    assert!(
+        std::fs::read(&a).expect("a") == std::fs::read(&b).expect("b"),
+        "tarball not reproducible"
+    );
+    let listing = sh(&format!(
+        "tar -tvzf {a} --numeric-owner | awk '{{print $1, $2, $6}}'"
+    ));
+    insta::assert_snapshot!("installer-tarball-listing", listing);
+
+    // nixos-anywhere's steps on the target, with HOME a user's home: the
+    // tarball in $HOME/kexec/kexec-tarball.tar.gz, unpacked there, run in a
+    // new session with TMPDIR=$HOME/kexec, the output searched for its phrase.
+    let home = dir.join("home/debian");
+    std::fs::create_dir_all(home.join("kexec")).expect("mkdir");
+    std::fs::copy(&a, home.join("kexec/kexec-tarball.tar.gz")).expect("copy");
+    let host = dir.join("host");
+    std::fs::create_dir(&host).expect("mkdir");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "set -eu; cd \"$HOME/kexec\"; \
+             cat \"$HOME/kexec/kexec-tarball.tar.gz\" | tar -xv --gzip -C \"$HOME/kexec\"; \
+             TMPDIR=\"$HOME/kexec\" setsid --wait dash \"$HOME/kexec/kexec/run\" --kexec-extra-flags '--no-sync'",
+        )
+        .env("HOME", &home)
+        .env("NIXOS_KEXEC_CARRY_FROM", &host)
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .output()
+        .expect("spawn");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("machine will boot into nixos"), "{said}");
+    // The bundled kexec beside run loaded the kernel beside it, with the
+    // extra flag, and is started after the script returned.
+    let run_dir = home.join("kexec/kexec").canonicalize_utf8().expect("canon");
+    let log = || std::fs::read_to_string(run_dir.join("kexec.log")).unwrap_or_default();
+    assert!(
+        log().starts_with(&format!(
+            "--kexec-file-syscall\n--load\n{run_dir}/bzImage\n--initrd="
+        )) && log().contains("\n--no-sync\n"),
+        "{}",
+        log()
+    );
+    let start = std::time::Instant::now();
+    while !log().ends_with("\n-e\n") {
+        // Only against a hang.
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "never started: {}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

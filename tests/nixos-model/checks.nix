@@ -52,6 +52,7 @@ let
     "netbootIpxeScript"
     "kexecTree"
     "kexecTarball"
+    "kexecInstallerTarball"
     "image"
   ];
   # The units systemd starts at boot: from systemd.defaultUnit, along
@@ -103,6 +104,20 @@ let
       };
       # Forces the assertions (the toplevel is built through them).
       toplevelName = build.toplevel.name;
+      # The builder's script, which names where the tarball goes.
+      installerTarballScript = builtins.elemAt build.kexecInstallerTarball.args 1;
+    };
+  # The flake's default system (configuration.nix): what nixos-anywhere and
+  # a person installing by hand find on it.
+  installer =
+    c:
+    facts c
+    // {
+      osRelease = c.config.environment.etc."os-release".text;
+      packages = map (p: p.name) c.config.environment.systemPackages;
+      nixFeatures = c.config.nix.settings.experimental-features;
+      inherit (c.config.services.openssh) settings;
+      rootKeys = c.config.users.users.root.openssh.authorizedKeys.keys;
     };
   cases = {
     systemd = { };
@@ -116,3 +131,8 @@ let
   };
 in
 lib.mapAttrs (_: args: facts (eval args)) cases
+// {
+  configuration = installer (eval {
+    settings = ../../configuration.nix;
+  });
+}

@@ -73,6 +73,14 @@ in
       type = types.listOf types.str;
       default = [ ];
     };
+    system.nixos.distroId = mkOption {
+      type = types.str;
+      default = "nixos";
+    };
+    system.nixos.variant_id = mkOption {
+      type = types.nullOr (types.strMatching "^[a-z0-9._-]+$");
+      default = null;
+    };
     # nixos/modules/system/boot/kernel.nix, loader/loader.nix
     system.boot.loader.kernelFile = mkOption {
       type = types.str;
@@ -205,6 +213,16 @@ in
   };
 
   config = {
+    # nixos/modules/misc/version.nix: /etc/os-release, one KEY=value a line
+    # (the fields nixos-anywhere reads; VARIANT_ID empty without a variant).
+    environment.etc."os-release".text = lib.concatStrings (
+      lib.mapAttrsToList (k: v: "${k}=${v}\n") {
+        ID = config.system.nixos.distroId;
+        VERSION_ID = config.system.nixos.label;
+        VARIANT_ID = if config.system.nixos.variant_id == null then "" else config.system.nixos.variant_id;
+      }
+    );
+
     # nixos/modules/system/boot/systemd/initrd.nix: root=${boot.initrd.systemd.root}
     # ("fstab") on the kernel command line; the kernel's initramfs is then a
     # ramfs (init_rootfs()).

@@ -124,6 +124,10 @@ let
     "e2fsprogs"
     "dosfstools"
     "rsync"
+    "jq"
+    "disko"
+    "nixos-facter"
+    "nixos-install-tools"
     "linux"
   ] pkg;
 in

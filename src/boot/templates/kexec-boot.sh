@@ -21,7 +21,7 @@ unpacked_bytes=@UNPACKED_BYTES@
 
 usage() {
   cat <<EOF
-Usage: $0 [--dry-run] [--no-detach] [--collect DIR]
+Usage: $0 [--dry-run] [--no-detach] [--collect DIR] [--kexec-extra-flags FLAGS]
 
 Boots the NixOS system beside this script with kexec, carrying this
 machine's network configuration, SSH host keys, root's authorized keys and
@@ -37,6 +37,9 @@ same host key.
                only write what would be carried into DIR (network/,
                ssh/, authorized_keys, machine-id, hostname, notes) and
                exit: nothing is loaded
+  --kexec-extra-flags FLAGS
+               more flags for kexec --load, split at spaces (as
+               nixos-anywhere passes them, e.g. "--no-sync")
 EOF
 }
 
@@ -52,6 +55,7 @@ say() {
 dry_run=0
 detach=1
 collect_dir=
+extra_flags=
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) dry_run=1 ;;
@@ -59,6 +63,11 @@ while [ $# -gt 0 ]; do
     --collect)
       [ $# -ge 2 ] || die "--collect needs a directory (see $0 --help)"
       collect_dir=$2
+      shift
+      ;;
+    --kexec-extra-flags)
+      [ $# -ge 2 ] || die "--kexec-extra-flags needs the flags, as one argument (see $0 --help)"
+      extra_flags=$2
       shift
       ;;
     -h | --help)
@@ -462,14 +471,18 @@ if [ -s "$carry/machine-id" ]; then
   cmdline="init=$init systemd.machine_id=$(cat "$carry/machine-id")${params:+ $params}"
 fi
 # kexec_file_load first (the kernel reads the files itself; required under
-# some lockdown policies), kexec_load when the kernel refuses it.
+# some lockdown policies), kexec_load when the kernel refuses it. The extra
+# flags are split at spaces, and not globbed, in both.
+set -f
+# shellcheck disable=SC2086
 if "$kexec" --kexec-file-syscall --load "$here/bzImage" --initrd="$initrd" \
-  --command-line="$cmdline" 2>"$work/load.err"; then
+  --command-line="$cmdline" $extra_flags 2>"$work/load.err"; then
   :
 else
   file_err=$(cat "$work/load.err")
+  # shellcheck disable=SC2086
   if "$kexec" --kexec-syscall --load "$here/bzImage" --initrd="$initrd" \
-    --command-line="$cmdline" 2>"$work/load.err"; then
+    --command-line="$cmdline" $extra_flags 2>"$work/load.err"; then
     say "kexec_file_load failed ($file_err); loaded with kexec_load"
   else
     lockdown=
@@ -489,6 +502,7 @@ else
     die "the new kernel could not be loaded.$lockdown"
   fi
 fi
+set +f
 rm -f "$initrd"
 
 if [ "$dry_run" = 1 ]; then
@@ -500,14 +514,16 @@ fi
 trap - EXIT
 rm -rf "$work"
 sync
+# "machine will boot into nixos" is what nixos-anywhere looks for in the
+# output to know the kexec was handed over.
 if [ "$detach" = 0 ]; then
-  say "starting the new kernel"
+  say "starting the new kernel: the machine will boot into nixos now"
   exec "$kexec" -e
 fi
 
 # Started outside this session, from /, a little later: the SSH session
 # that runs this returns before the machine goes.
-say "the new system starts in 2 s; reconnect to the same address, with the same host key"
+say "the new system starts in 2 s (the machine will boot into nixos); reconnect to the same address, with the same host key"
 cd /
 # shellcheck disable=SC2016
 later='sleep 2; sync; exec "$0" -e'
