@@ -10,6 +10,7 @@ mod initrd;
 mod inspect;
 mod journey;
 mod module;
+mod netboot;
 mod network;
 mod nix;
 mod nixfmt;
