@@ -32,6 +32,15 @@ const SERVER: &str = "192.0.2.1";
 /// The kernel parameters the tree is built with (so, netboot.ipxe's).
 const PARAMS: [&str; 3] = ["console=ttyS0", "panic=-1", "quiet"];
 
+/// What dnsmasq hands out as the boot file.
+enum BootFile<'a> {
+    /// `boot.ipxe` over TFTP, holding this script (a site's own).
+    Tftp(&'a str),
+    /// README's recipe: to a client whose user class is `iPXE`, the URL of
+    /// the tree's `netboot.ipxe` itself (no TFTP).
+    UserClassUrl,
+}
+
 /// A site in a network namespace; its servers are stopped and the
 /// namespace deleted when it is dropped.
 struct Site {
@@ -55,9 +64,8 @@ impl Drop for Site {
 
 impl Site {
     /// A namespace with `tap0` at [`SERVER`], dnsmasq handing out
-    /// `boot_script` (as `boot.ipxe` over TFTP), and an HTTP server for
-    /// `tree`.
-    fn new(case: &str, boot_script: &str, tree: &Utf8Path) -> Site {
+    /// `boot_file`, and an HTTP server for `tree`.
+    fn new(case: &str, boot_file: &BootFile, tree: &Utf8Path) -> Site {
         require("ip", "iproute2");
         require("dnsmasq", "dnsmasq-base");
         require("python3", "python3");
@@ -84,27 +92,43 @@ impl Site {
         ));
         let tftp = dir.join("tftp");
         std::fs::create_dir_all(&tftp).expect("mkdir");
-        std::fs::write(tftp.join("boot.ipxe"), boot_script).expect("write");
+        let boot: Vec<String> = match boot_file {
+            BootFile::Tftp(script) => {
+                std::fs::write(tftp.join("boot.ipxe"), script).expect("write");
+                vec!["--dhcp-boot=boot.ipxe".to_owned()]
+            }
+            // As README's "Netbooting a fleet" says it (the lines for
+            // firmware that is not iPXE yet cannot run here: QEMU's ROM
+            // is iPXE).
+            BootFile::UserClassUrl => vec![
+                "--dhcp-userclass=set:ipxe,iPXE".to_owned(),
+                format!("--dhcp-boot=tag:ipxe,http://{SERVER}/netboot.ipxe"),
+            ],
+        };
+        let boot: Vec<&str> = boot.iter().map(String::as_str).collect();
         site.spawn(
             "dnsmasq.log",
             &[
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--port=0",
-                "--interface=tap0",
-                "--bind-interfaces",
-                "--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,1h",
-                "--dhcp-boot=boot.ipxe",
-                "--enable-tftp",
-                &format!("--tftp-root={tftp}"),
-                &format!("--dhcp-leasefile={dir}/leases"),
-                // The work directory is root's: read it as root.
-                "--user=root",
-                "--log-facility=-",
-            ],
+                &[
+                    "dnsmasq",
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--port=0",
+                    "--interface=tap0",
+                    "--bind-interfaces",
+                    "--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,1h",
+                    "--enable-tftp",
+                    &format!("--tftp-root={tftp}"),
+                    &format!("--dhcp-leasefile={dir}/leases"),
+                    // The work directory is root's: read it as root.
+                    "--user=root",
+                    "--log-facility=-",
+                ],
+                &boot[..],
+            ]
+            .concat(),
         );
         site.wait_for("dnsmasq.log", "TFTP root is");
         site.spawn(
@@ -194,9 +218,9 @@ fn booted_cmdline(log: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
 }
 
-/// Netboot the fixture through `boot_script`; returns the booted kernel's
+/// Netboot the fixture through `boot_file`; returns the booted kernel's
 /// command line and the toplevel, after checking the chain's events.
-fn netboot(case: &str, boot_script: &str) -> (Vec<String>, String) {
+fn netboot(case: &str, boot_file: &BootFile) -> (Vec<String>, String) {
     let args = nix_args(
         &format!("[ {} ]", PARAMS.map(|p| format!("\"{p}\"")).join(" ")),
         "zstd",
@@ -204,7 +228,7 @@ fn netboot(case: &str, boot_script: &str) -> (Vec<String>, String) {
     );
     let tree = build_fixture("tree", &args);
     let toplevel = build_fixture("toplevel", &args);
-    let site = Site::new(case, boot_script, &tree);
+    let site = Site::new(case, boot_file, &tree);
     let name = format!("netboot-{case}");
     let log = site.boot_machine(&name);
     let dnsmasq = site.log("dnsmasq.log");
@@ -217,9 +241,11 @@ fn netboot(case: &str, boot_script: &str) -> (Vec<String>, String) {
         dnsmasq.contains("DHCPACK(tap0) 192.0.2."),
         "no DHCP lease\n{context}"
     );
-    assert!(
-        dnsmasq.contains("/boot.ipxe to 192.0.2."),
-        "boot.ipxe was not sent by TFTP\n{context}"
+    let by_tftp = dnsmasq.contains("/boot.ipxe to 192.0.2.");
+    assert_eq!(
+        by_tftp,
+        matches!(boot_file, BootFile::Tftp(_)),
+        "boot.ipxe should be sent by TFTP only when it is the boot file\n{context}"
     );
     // The tree's own script, then what it names, each served whole.
     let got: Vec<&str> = http
@@ -252,10 +278,10 @@ fn own_params(toplevel: &str) -> Vec<String> {
 fn netboot_from_dhcp_tftp_and_http_reaches_the_marker() {
     let (cmdline, toplevel) = netboot(
         "plain",
-        &format!(
+        &BootFile::Tftp(&format!(
             "#!ipxe\n# The site's boot file: hands over to the tree's own script.\n\
              chain http://{SERVER}/netboot.ipxe\n"
-        ),
+        )),
     );
     // Nothing set ${cmdline}: the kernel got netboot.ipxe's line alone.
     assert_eq!(cmdline, own_params(&toplevel));
@@ -269,7 +295,7 @@ fn netboot_chainloaded_from_a_menu_passes_its_cmdline_to_the_kernel() {
     let extra = ["nixos.site=menu", "mkkexec.netboot-extra", "a.b=c=d"];
     let (cmdline, toplevel) = netboot(
         "menu",
-        &format!(
+        &BootFile::Tftp(&format!(
             "#!ipxe\n\
              menu Site boot menu\n\
              item nixos NixOS (nixos-kexec)\n\
@@ -283,9 +309,18 @@ fn netboot_chainloaded_from_a_menu_passes_its_cmdline_to_the_kernel() {
              set cmdline {}\n\
              chain http://{SERVER}/netboot.ipxe\n",
             extra.join(" ")
-        ),
+        )),
     );
     let mut want = own_params(&toplevel);
     want.extend(extra.map(str::to_owned));
     assert_eq!(cmdline, want);
+}
+
+#[test]
+#[ignore = "needs root, QEMU, dnsmasq, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn netboot_readme_dnsmasq_recipe_hands_ipxe_the_script_url() {
+    // No TFTP: dnsmasq knows iPXE by its user class and gives it the URL
+    // of the tree's script as the boot file.
+    let (cmdline, toplevel) = netboot("recipe", &BootFile::UserClassUrl);
+    assert_eq!(cmdline, own_params(&toplevel));
 }
