@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(squashfs-tools cpio zstd xz-utils gzip tar shellcheck dash nix-bin
   qemu-system-x86 busybox-static kexec-tools util-linux git
   mmdebstrap openssh-client qemu-system-arm
-  dnsmasq-base isc-dhcp-client iputils-ping systemd)
+  dnsmasq-base isc-dhcp-client iputils-ping systemd ipxe-qemu python3 iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::common::*;
 use crate::nix::build_fixture;
 
-const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
+pub const MARKER: &str = "MKKEXEC-FIXTURE-BOOTED";
 
 /// Debian's kernel and its modules, from scripts/fetch-kernel.sh.
 pub fn kernel_dir() -> Utf8PathBuf {
@@ -80,7 +80,7 @@ pub fn stage1() -> &'static Utf8Path {
     })
 }
 
-fn nix_args(kernel_params: &str, sq: &str, ird: &str) -> Vec<(&'static str, String)> {
+pub fn nix_args(kernel_params: &str, sq: &str, ird: &str) -> Vec<(&'static str, String)> {
     let k = kernel_dir();
     vec![
         ("kernel", k.join("vmlinuz").to_string()),
@@ -115,6 +115,22 @@ pub fn qemu_on(
     mem_mib: u32,
     extra: &[String],
 ) -> String {
+    let mut args = vec![
+        "-kernel".to_owned(),
+        kernel.to_string(),
+        "-initrd".to_owned(),
+        initrd.to_string(),
+        "-append".to_owned(),
+        append.to_owned(),
+    ];
+    args.extend_from_slice(extra);
+    qemu_run(arch, name, mem_mib, &[], &args)
+}
+
+/// Run a VM on `arch` with `args` after the machine, memory and serial
+/// console, started through `wrapper` (e.g. `ip netns exec NS`), and
+/// return its serial log.
+pub fn qemu_run(arch: Arch, name: &str, mem_mib: u32, wrapper: &[&str], args: &[String]) -> String {
     let (binary, package, machine): (&str, &str, &[&str]) = match arch {
         Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86", &[]),
         Arch::Aarch64 => (
@@ -144,7 +160,15 @@ pub fn qemu_on(
     } else {
         ["-serial".to_owned(), format!("file:{log}")].to_vec()
     };
-    let status = Command::new("timeout")
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg("timeout");
+            c
+        }
+        None => Command::new("timeout"),
+    };
+    let status = cmd
         .args(["--kill-after=10", "300", binary, "-accel", accel])
         .args(machine)
         .arg("-m")
@@ -158,13 +182,7 @@ pub fn qemu_on(
             "-no-reboot",
         ])
         .args(serial)
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(append)
-        .args(extra)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .status()
         .expect("spawn qemu");

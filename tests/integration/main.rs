@@ -11,6 +11,7 @@ mod initrd;
 mod inspect;
 mod journey;
 mod module;
+mod netboot;
 mod network;
 mod nix;
 mod nixfmt;
