@@ -174,14 +174,14 @@ px dnsmasq --no-resolv --no-hosts --port=0 --interface=pe0 --bind-interfaces \
 mkdir -p "$W/root/run/systemd/network"
 printf '[Match]\nMACAddress=52:54:00:91:00:01\n\n[Network]\nDHCP=ipv4\n' >"$W/root/run/systemd/network/10-e0.network"
 echo 0123456789abcdef0123456789abcdef >"$W/old-machine-id"
-hx unshare -m sh -c '
+ip netns exec "$H" unshare -m sh -c '
   mount --make-rslave /; mount --bind "$1/root/run" /run; mount --bind "$1/old-machine-id" /etc/machine-id
   for d in /etc/systemd/network /usr/lib/systemd/network /lib/systemd/network \
     /usr/local/lib/systemd/network /var/lib/systemd/network; do
     [ -d "$d" ] && mount -t tmpfs -o ro tmpfs "$d" || :
   done
   mount -o remount,bind,ro /sys
-  exec /lib/systemd/systemd-networkd' sh "$W" >"$W/old-networkd.log" 2>&1 &
+  exec /lib/systemd/systemd-networkd' sh "$W" >"$W/old-networkd.log" 2>&1 </dev/null &
 echo $! >"$W/host-networkd.pid"
 for i in $(seq 300); do h -4 addr show e0 | grep -q dynamic && break; sleep 0.1; done
 h -4 addr show e0 | grep -q dynamic
