@@ -126,7 +126,7 @@ fn nixos_anywhere_kexec_phase_as_a_sudo_user_reaches_the_fixture_installer() {
         key = public(&user_key)
     ));
     let initrd = pack_host(&dir, &root);
-    let (_vm, port, log) = boot_host(&dir, &initrd);
+    let (_vm, port, log) = boot_host(&dir, &initrd, None);
 
     // Step 1: the temporary key, added with the user's own.
     let start = Instant::now();

@@ -82,10 +82,19 @@ pub(crate) fn host_root(dir: &Utf8Path, root_keys: &str) -> Utf8PathBuf {
         ),
         (
             "etc/systemd/network/10-static.network",
-            "[Match]\nType=ether\n\n[Network]\nDHCP=no\nIPv6AcceptRA=no\n\
+            "[Match]\nMACAddress=52:54:00:12:34:56\n\n[Network]\nDHCP=no\nIPv6AcceptRA=no\n\
              Address=10.0.2.15/24\nGateway=10.0.2.2\nAddress=fec0::15/64\nGateway=fec0::2\n\n\
              [Route]\nDestination=198.51.100.0/24\nGateway=10.0.2.2\nMetric=50\n"
                 .to_owned(),
+        ),
+        // A second NIC (where the test gives one) on a provider's DHCP pool,
+        // known to it by its MAC address as many clients are.
+        (
+            "etc/systemd/network/20-pool.network",
+            format!(
+                "[Match]\nMACAddress={POOL_MAC}\n\n[Network]\nDHCP=ipv4\nIPv6AcceptRA=no\n\n\
+                 [DHCPv4]\nClientIdentifier=mac\nUseRoutes=no\nUseDNS=no\n"
+            ),
         ),
     ];
     let keys = [("root/.ssh/authorized_keys", root_keys.to_owned())];
@@ -186,7 +195,11 @@ pub(crate) fn free_port() -> u16 {
 /// The old host booted from `initrd` under QEMU (TCG), its SSH port
 /// forwarded to a free port of this machine's 127.0.0.1; its serial console
 /// in `dir/serial.log`.
-pub(crate) fn boot_host(dir: &Utf8Path, initrd: &Utf8Path) -> (Vm, u16, Utf8PathBuf) {
+pub(crate) fn boot_host(
+    dir: &Utf8Path,
+    initrd: &Utf8Path,
+    pool: Option<&Pool>,
+) -> (Vm, u16, Utf8PathBuf) {
     let port = free_port();
     let log = dir.join("serial.log");
     let vm = Vm(Command::new("qemu-system-x86_64")
@@ -204,7 +217,18 @@ pub(crate) fn boot_host(dir: &Utf8Path, initrd: &Utf8Path) -> (Vm, u16, Utf8Path
         .arg("-serial")
         .arg(format!("file:{log}"))
         .arg("-nic")
-        .arg(format!("user,model=e1000,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .arg(format!(
+            "user,model=e1000,mac=52:54:00:12:34:56,hostfwd=tcp:127.0.0.1:{port}-:22"
+        ))
+        .args(pool.iter().flat_map(|p| {
+            [
+                "-nic".to_owned(),
+                format!(
+                    "tap,ifname={},script=no,downscript=no,model=e1000,mac={POOL_MAC}",
+                    p.tap
+                ),
+            ]
+        }))
         .arg("-kernel")
         .arg(kernel_dir().join("vmlinuz"))
         .arg("-initrd")
@@ -214,6 +238,73 @@ pub(crate) fn boot_host(dir: &Utf8Path, initrd: &Utf8Path) -> (Vm, u16, Utf8Path
         .spawn()
         .expect("spawn qemu"));
     (vm, port, log)
+}
+
+/// The MAC address of the host's NIC on the provider's DHCP pool.
+const POOL_MAC: &str = "52:54:00:12:34:57";
+
+/// A provider's DHCP pool: dnsmasq (203.0.113.130-150) in a network
+/// namespace, reached by the VM through a tap device bridged to a veth into
+/// that namespace. Gone when dropped.
+pub(crate) struct Pool {
+    tap: String,
+    ns: String,
+    leases: Utf8PathBuf,
+}
+
+impl Pool {
+    pub(crate) fn new(dir: &Utf8Path) -> Pool {
+        require("dnsmasq", "dnsmasq-base");
+        let pool = Pool {
+            tap: "mkjtap0".into(),
+            ns: "mkj-pool".into(),
+            leases: dir.join("pool.leases"),
+        };
+        pool.clean();
+        sh(&format!(
+            "ip netns add {ns} && ip link add mkjbr0 type bridge && \
+             ip link add mkjv0 type veth peer name v0 netns {ns} && \
+             ip tuntap add {tap} mode tap && ip link set {tap} master mkjbr0 && \
+             ip link set mkjv0 master mkjbr0 && \
+             ip link set mkjbr0 up && ip link set mkjv0 up && ip link set {tap} up && \
+             ip -n {ns} link set v0 up && ip -n {ns} addr add 203.0.113.1/24 dev v0 && \
+             ip netns exec {ns} dnsmasq --no-resolv --no-hosts --port=0 --interface=v0 \
+               --bind-interfaces --dhcp-range=203.0.113.130,203.0.113.150,255.255.255.0,1h \
+               --dhcp-leasefile={leases} --pid-file={dir}/pool.pid",
+            ns = pool.ns,
+            tap = pool.tap,
+            leases = pool.leases,
+        ));
+        pool
+    }
+
+    /// The leases dnsmasq handed out: `address` per line.
+    pub(crate) fn leases(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.leases)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+            .collect()
+    }
+
+    fn clean(&self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip netns pids {ns} 2>/dev/null | xargs -r kill; ip netns del {ns}; \
+                 ip link del {tap}; ip link del mkjv0; ip link del mkjbr0",
+                ns = self.ns,
+                tap = self.tap
+            ))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.clean();
+    }
 }
 
 pub(crate) struct Ssh {
@@ -304,7 +395,8 @@ fn operator_kexecs_a_debian_server_over_ssh_and_gets_it_back() {
     let tarball = tarball(&dir);
     let initrd = host_initrd(&dir, &public(&key), &public(&restricted));
 
-    let (_vm, port, log) = boot_host(&dir, &initrd);
+    let pool = Pool::new(&dir);
+    let (_vm, port, log) = boot_host(&dir, &initrd, Some(&pool));
     let ssh = Ssh {
         port,
         known_hosts: dir.join("known_hosts"),
@@ -319,6 +411,10 @@ fn operator_kexecs_a_debian_server_over_ssh_and_gets_it_back() {
         &log,
     );
     assert_eq!(before, format!("{MACHINE_ID}\nold-server\n"));
+    // The second NIC's address from the provider's pool, as the old host
+    // holds it.
+    let pooled = "ip -4 -o addr | grep -o '203\\.0\\.113\\.[0-9]*/24'";
+    let leased = ssh.wait(&key, false, pooled, Duration::from_secs(120), &log);
     // The restricted key is turned away here, as on a cloud image.
     let out = ssh.run(&restricted, false, "true").output().expect("ssh");
     assert!(
@@ -366,6 +462,15 @@ fn operator_kexecs_a_debian_server_over_ssh_and_gets_it_back() {
     );
     // The restricted key now logs in: the restriction was dropped.
     ok(&mut ssh.run(&restricted, false, "true"));
+
+    // The pool knows the new system as the old host (the carried lease's
+    // client identifier) and hands it the same address, no second lease.
+    let again = ssh.wait(&key, false, pooled, Duration::from_secs(120), &log);
+    assert_eq!(
+        again, leased,
+        "the pool gave the new system another address"
+    );
+    assert_eq!(pool.leases().len(), 1, "{:?}", pool.leases());
 
     // Step 3: the old host's machine-id, addresses, routes and nameservers.
     assert_eq!(
