@@ -219,16 +219,20 @@ pub enum Command {
     /// Turn the network state kexec-boot carried into systemd-networkd units.
     #[command(
         long_about = "Turn the network state kexec-boot carried from the old host (ip -json addr, \
-ip -json -4/-6 route, resolv.conf) into systemd-networkd .network units matched by MAC address: \
-static addresses and routes as they were, DHCP and router advertisements asked for again where \
-the old host used them, its nameservers. The NixOS module runs this before network-pre.target.",
+ip -json -details link, ip -json -4/-6 route, each link's IPv6 sysctls, the DHCP clients' lease files, \
+resolv.conf; or, where no ip spoke JSON, its /proc/net and /sys/class/net files) into \
+systemd-networkd units that rebuild the same topology: NICs matched by MAC address (a bond's ports \
+by permanent MAC), bonds, bridges and VLANs made again by .netdev units, static addresses, peers, \
+MTUs and routes as they were, DHCP asked for again as the same client for the same address, \
+router advertisements where the old host took them, its nameservers. What it cannot rebuild it \
+says, and the NICs under it ask DHCP. The NixOS module runs this before network-pre.target.",
         after_help = "Example:\n  mkkexec network --state /var/lib/nixos-kexec/network --output /run/systemd/network"
     )]
     Network {
-        /// The carried network directory (addrs.json, routes-v4.json, routes-v6.json, resolv.conf).
+        /// The carried network directory (addrs.json, links.json, routes-v4.json, routes-v6.json, resolv.conf, ipv6/, leases/; or proc/).
         #[arg(long)]
         state: Utf8PathBuf,
-        /// Where to write the .network files (created if missing).
+        /// Where to write the .network and .netdev files (created if missing).
         #[arg(long, short)]
         output: Utf8PathBuf,
     },
