@@ -168,15 +168,18 @@ pub enum Command {
     },
     /// Render kexec-boot (or netboot.ipxe) for an existing initrd.
     #[command(
-        after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --initrd tree/initrd.gz \\\n    --output tree/kexec-boot"
+        after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --kernel tree/bzImage \\\n    --initrd tree/initrd.gz --output tree/kexec-boot"
     )]
     Script {
         /// The system's toplevel store path.
         #[arg(long)]
         toplevel: String,
-        /// The initrd the script will load (read to size the memory check).
+        /// The initrd the script will load (read to size the memory check and for its SHA-256).
         #[arg(long)]
         initrd: Utf8PathBuf,
+        /// The kernel the script will load (kexec-boot checks its size and SHA-256); not for --ipxe.
+        #[arg(long, required_unless_present = "ipxe")]
+        kernel: Option<Utf8PathBuf>,
         /// A kernel parameter added after `init=` (repeatable).
         #[arg(long = "kernel-param", allow_hyphen_values = true)]
         kernel_params: Vec<String>,

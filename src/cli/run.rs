@@ -93,13 +93,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Script {
             toplevel,
             initrd,
+            kernel,
             kernel_params,
             ipxe,
             kernel_name,
             initrd_name,
             output,
         } => {
-            let spec = script::BootSpec::new(toplevel, kernel_params).with_initrd(initrd)?;
+            let mut spec = script::BootSpec::new(toplevel, kernel_params).with_initrd(initrd)?;
+            if let Some(kernel) = kernel {
+                spec = spec.with_kernel(kernel)?;
+            }
             let (text, mode) = if *ipxe {
                 let text = script::netboot_ipxe(&spec, kernel_name, initrd_name)?;
                 (text, 0o644)

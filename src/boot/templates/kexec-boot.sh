@@ -18,6 +18,10 @@ params=@PARAMS@
 # plus stage 1), in bytes.
 initrd_bytes=@INITRD_BYTES@
 unpacked_bytes=@UNPACKED_BYTES@
+# bzImage and initrd.gz as mkkexec wrote them: sizes and SHA-256.
+initrd_sha256=@INITRD_SHA256@
+kernel_bytes=@KERNEL_BYTES@
+kernel_sha256=@KERNEL_SHA256@
 
 usage() {
   cat <<EOF
@@ -364,6 +368,36 @@ fi
 for f in bzImage initrd.gz; do
   [ -r "$here/$f" ] || die "$here/$f is missing: keep kexec-boot, bzImage and initrd.gz together"
 done
+
+# --- What was built ---------------------------------------------------------
+# A tarball cut or damaged on its way (an interrupted copy, a full disk while
+# unpacking) loads happily and boots into a panic with no network: load only
+# the bytes mkkexec wrote. sha256sum is coreutils' or busybox's.
+have_sha256=1
+if command -v sha256sum >/dev/null 2>&1; then
+  sha256() { sha256sum; }
+elif command -v busybox >/dev/null 2>&1 && busybox sha256sum </dev/null >/dev/null 2>&1; then
+  sha256() { busybox sha256sum; }
+else
+  have_sha256=0
+  say "warning: no sha256sum (coreutils or busybox): bzImage and initrd.gz are checked by their sizes only"
+fi
+check_built() { # FILE BYTES SHA256
+  got=$(($(wc -c <"$here/$1")))
+  if [ "$got" != "$2" ]; then
+    why="it has $got bytes, mkkexec wrote $2"
+  elif [ "$have_sha256" = 1 ]; then
+    sum=$(sha256 <"$here/$1") || die "cannot read $here/$1"
+    sum=${sum%% *}
+    [ "$sum" = "$3" ] && return 0
+    why="its SHA-256 is $sum, mkkexec wrote $3"
+  else
+    return 0
+  fi
+  die "$here/$1 is damaged ($why): copy the tarball (or the tree) again. Nothing was loaded."
+}
+check_built bzImage "$kernel_bytes" "$kernel_sha256"
+check_built initrd.gz "$initrd_bytes" "$initrd_sha256"
 
 # The kernel's architecture, from its header: x86's bzImage has "HdrS" at
 # byte 514, arm64's Image "ARMd" at byte 56 (the tree calls both bzImage,
