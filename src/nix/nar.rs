@@ -146,7 +146,9 @@ impl NarStream {
 
     fn seal(&mut self) {
         if !self.pending.is_empty() {
-            let t = std::mem::take(&mut self.pending);
+            let mut t = std::mem::take(&mut self.pending);
+            // Held until the files are read: no spare capacity.
+            t.shrink_to_fit();
             self.segments.push(Segment::Tokens(t));
         }
     }
