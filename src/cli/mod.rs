@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod inspect;
 mod run;
+mod verify;
 
 pub use run::run;
 
@@ -229,6 +230,24 @@ the old host used them, its nameservers. The NixOS module runs this before netwo
         /// Where to write the .network files (created if missing).
         #[arg(long, short)]
         output: Utf8PathBuf,
+    },
+    /// Check that an image holds what its nix-path-registration says.
+    #[command(
+        long_about = "Read a squashfs image, an initrd holding nix-store.squashfs, or a kexec tree \
+back, and check every store path in it against the nix-path-registration inside it (NAR hash and \
+size), that nothing else is there, and that every reference is registered. With --closure, also \
+that it holds exactly that closure. Prints one line per problem and exits 1 if there is any.",
+        after_help = "Example:\n  mkkexec verify result/initrd.gz --closure closure-info"
+    )]
+    Verify {
+        /// A squashfs image, an initrd or a kexec tree (a directory with initrd.gz).
+        path: Utf8PathBuf,
+        /// The closure the image must hold exactly: a closureInfo output, a registration file, or a structured-attrs JSON file.
+        #[arg(long)]
+        closure: Option<Utf8PathBuf>,
+        /// In a structured-attrs JSON, the key of `exportReferencesGraph.<key>`.
+        #[arg(long, default_value = "closure")]
+        closure_attr: String,
     },
     /// Say what an initrd or squashfs image holds.
     #[command(after_help = "Example:\n  mkkexec inspect result/initrd.gz")]

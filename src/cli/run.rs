@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use camino::Utf8Path;
 
-use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, ToolArgs, inspect};
+use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, ToolArgs, inspect, verify};
 use crate::boot::{script, tarball, tree};
 use crate::nix::closure::Closure;
 use crate::{initrd, output, squashfs};
@@ -120,6 +120,33 @@ pub fn run(cli: Cli) -> Result<()> {
         } => tarball::build(tree, output, &bundled(tools), *level)?,
         Command::Network { state, output } => crate::carry::write_network_units(state, output)?,
         Command::Inspect { file } => inspect::inspect(file, &mut std::io::stdout().lock())?,
+        Command::Verify {
+            path,
+            closure,
+            closure_attr,
+        } => {
+            let closure = match closure {
+                Some(c) => Some(Closure::load(c, closure_attr)?),
+                None => None,
+            };
+            let problems = verify::verify(path, closure.as_ref(), &mut std::io::stdout().lock())?;
+            if problems > 0 {
+                anyhow::bail!(
+                    "{path}: {problems} problem{} (listed above): the image does not hold what \
+                     its registration{} says; build it again from a store that passes \
+                     `nix-store --verify --check-contents`",
+                    if problems == 1 { "" } else { "s" },
+                    if closure.is_some() {
+                        " or the closure"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if !cli.quiet {
+                eprintln!("{path}: every store path matches its registration");
+            }
+        }
     }
     Ok(())
 }

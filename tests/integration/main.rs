@@ -16,3 +16,4 @@ mod nixfmt;
 mod script;
 mod squashfs;
 mod tree;
+mod verify;
