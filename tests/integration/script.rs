@@ -260,19 +260,78 @@ fn kexec_boot_loads_and_executes_under_dash() {
              console=ttyS0,115200 panic=30 quoted='it''s $(x)'\n-e"
         )
     );
-    // The initrd it loaded lay on disk in TMPDIR, and is gone.
+    // initrd.gz may be written: the carried files were appended to it in
+    // place, loaded, and cut off again; TMPDIR held only them, and is empty.
+    let built = std::fs::read(h.dir.join("stage1.gz")).expect("read");
     assert!(
-        h.log()
-            .contains(&format!("--initrd={}/host/tmp/nixos-kexec.", h.dir)),
+        h.log().contains(&format!("--initrd={tree}/initrd.gz\n")),
         "{}",
         h.log()
     );
+    assert!(std::fs::read(tree.join("initrd.gz")).expect("read") == built);
+    let loaded = std::fs::read(tree.join("loaded-initrd")).expect("loaded");
+    assert!(loaded.len() > built.len() && loaded[..built.len()] == built[..]);
     assert_eq!(
         std::fs::read_dir(h.dir.join("host/tmp"))
             .expect("ls")
             .count(),
         0
     );
+    // An initrd.gz its owner may not write (a tree unpacked read-only) is
+    // copied with the carried files into TMPDIR, as in a Nix store.
+    sh(&format!(
+        "chmod 444 {tree}/initrd.gz && rm {tree}/kexec.log"
+    ));
+    ok(&mut h.run(&["--no-detach"]));
+    assert!(
+        h.log()
+            .contains(&format!("--initrd={}/host/tmp/nixos-kexec.", h.dir)),
+        "{}",
+        h.log()
+    );
+    assert!(std::fs::read(tree.join("loaded-initrd")).expect("loaded") == loaded);
+    assert_eq!(
+        std::fs::read_dir(h.dir.join("host/tmp"))
+            .expect("ls")
+            .count(),
+        0
+    );
+}
+
+/// A run that stopped between appending the carried files to initrd.gz
+/// and cutting them off (a crash, a kill -9) leaves them there: the next
+/// run cuts them off and boots. A failed load cuts them off too.
+#[test]
+#[ignore = "needs root: kexec-boot refuses to run otherwise (scripts/test.sh runs it)"]
+fn kexec_boot_cuts_back_what_an_interrupted_run_appended() {
+    let h = FakeHost::new(&spec(&params(), 1 << 20));
+    let tree = h.tree();
+    let built = std::fs::read(tree.join("initrd.gz")).expect("read");
+    ok(&mut h.run(&["--dry-run"]));
+    let loaded = std::fs::read(tree.join("loaded-initrd")).expect("loaded");
+    // As the interrupted run left it.
+    std::fs::write(tree.join("initrd.gz"), &loaded).expect("write");
+    let out = h.run(&["--no-detach"]).output().expect("spawn");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{tree}/initrd.gz still holds the carried files of a run that did not finish: cutting them off"
+        )),
+        "{e}"
+    );
+    assert!(std::fs::read(tree.join("loaded-initrd")).expect("loaded") == loaded);
+    assert!(std::fs::read(tree.join("initrd.gz")).expect("read") == built);
+
+    // A kexec that cannot load: refused, and initrd.gz is as built.
+    std::fs::write(
+        tree.join("kexec"),
+        "#!/bin/sh\necho 'kexec_load failed: Invalid argument' >&2\nexit 1\n",
+    )
+    .expect("write");
+    let e = fails(&mut h.run(&["--no-detach"]));
+    assert!(e.contains("the new kernel could not be loaded."), "{e}");
+    assert!(std::fs::read(tree.join("initrd.gz")).expect("read") == built);
 }
 
 #[test]
@@ -351,7 +410,9 @@ fn kexec_boot_says_what_it_could_not_carry() {
     ));
     // A file no list of keys is.
     std::fs::write(host.join("root/.ssh/authorized_keys"), vec![b'x'; 2 << 20]).expect("write");
-    // A TMPDIR that cannot be written is passed over for /var/tmp.
+    // A TMPDIR that cannot be written is passed over for /var/tmp, where
+    // the initrd is copied (initrd.gz read-only: not appended in place).
+    sh(&format!("chmod 444 {}/initrd.gz", h.tree()));
     let out = h
         .run(&["--no-detach"])
         .env("TMPDIR", "/proc")

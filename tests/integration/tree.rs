@@ -399,11 +399,18 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
         .join("nixos-kexec/bin/..")
         .canonicalize_utf8()
         .expect("canon");
+    // The unpacked tarball's initrd.gz may be written: the carried files
+    // are appended in place and cut off after loading.
     assert!(
         log.starts_with(&format!(
-            "--kexec-file-syscall\n--load\n{d}/bzImage\n--initrd=/var/tmp/nixos-kexec."
+            "--kexec-file-syscall\n--load\n{d}/bzImage\n--initrd={d}/initrd.gz\n"
         )),
         "{log}"
+    );
+    assert!(
+        std::fs::read(d.join("initrd.gz")).expect("read")
+            == std::fs::read(tree.join("initrd.gz")).expect("read"),
+        "initrd.gz not cut back"
     );
     assert!(log.ends_with("loglevel=4\n-e\n"), "{log}");
 }
