@@ -277,8 +277,9 @@ fn kexec_boot_loads_and_executes_under_dash() {
             .count(),
         0
     );
-    // An initrd.gz its owner may not write (a tree unpacked read-only) is
-    // copied with the carried files into TMPDIR, as in a Nix store.
+    // An initrd.gz its owner may not write (a tree unpacked read-only), or
+    // a symlink (to who knows what), is copied with the carried files into
+    // TMPDIR, as in a Nix store.
     sh(&format!(
         "chmod 444 {tree}/initrd.gz && rm {tree}/kexec.log"
     ));
@@ -290,6 +291,17 @@ fn kexec_boot_loads_and_executes_under_dash() {
         h.log()
     );
     assert!(std::fs::read(tree.join("loaded-initrd")).expect("loaded") == loaded);
+    sh(&format!(
+        "cd {tree} && chmod 644 initrd.gz && mv initrd.gz built.gz && ln -s built.gz initrd.gz && rm kexec.log"
+    ));
+    ok(&mut h.run(&["--no-detach"]));
+    assert!(
+        h.log()
+            .contains(&format!("--initrd={}/host/tmp/nixos-kexec.", h.dir)),
+        "{}",
+        h.log()
+    );
+    assert!(std::fs::read(tree.join("built.gz")).expect("read") == built);
     assert_eq!(
         std::fs::read_dir(h.dir.join("host/tmp"))
             .expect("ls")

@@ -397,15 +397,17 @@ check_built() { # FILE BYTES SHA256
   die "$here/$1 is damaged ($why): copy the tarball (or the tree) again. Nothing was loaded."
 }
 # Where initrd.gz may be written (its owner may write it, on a writable file
-# system, outside a Nix store), the carried files are appended to it in
-# place and cut off again once it is loaded: no second copy of the initrd,
-# which on a host whose root is in RAM (a rescue system) is a second copy
-# in RAM. A run that stopped in between left them appended: cut off here.
+# system, outside a Nix store, not through a symlink), the carried files are
+# appended to it in place and cut off again once it is loaded: no second
+# copy of the initrd, which on a host whose root is in RAM (a rescue system)
+# is a second copy in RAM. A run that stopped in between left them
+# appended: cut off here.
 in_place=0
 case $here in
   /nix/store/*) ;;
   *)
-    if [ -w "$here/initrd.gz" ] && [ -n "$(find "$here/initrd.gz" -prune -perm -200 2>/dev/null)" ]; then
+    if [ ! -L "$here/initrd.gz" ] && [ -w "$here/initrd.gz" ] &&
+      [ -n "$(find "$here/initrd.gz" -prune -perm -200 2>/dev/null)" ]; then
       in_place=1
     fi
     ;;
