@@ -110,11 +110,13 @@ in
       outputSuffix = "/initrd";
     };
 
-  # kexec-boot (or <out>/netboot.ipxe with ipxe = true) for `initrd`.
+  # kexec-boot (or <out>/netboot.ipxe with ipxe = true) for `kernel` and
+  # `initrd` (kexec-boot checks their sizes and SHA-256; iPXE needs no kernel).
   script =
     {
       toplevel,
       initrd,
+      kernel ? null,
       kernelParams ? [ ],
       ipxe ? false,
       # The file names netboot.ipxe asks its server for.
@@ -131,6 +133,7 @@ in
         "--initrd"
         "${initrd}"
       ]
+      ++ optionalArgs "--kernel" kernel
       ++ kernelParamArgs kernelParams
       ++ (if ipxe then [ "--ipxe" ] else [ ])
       ++ optionalArgs "--kernel-name" kernelName

@@ -355,7 +355,13 @@ in
         );
 
         kexecScript = mkForce (
-          kexecLib.script (bootSettings // { initrd = "${config.system.build.netbootRamdisk}/initrd"; })
+          kexecLib.script (
+            bootSettings
+            // {
+              inherit kernel;
+              initrd = "${config.system.build.netbootRamdisk}/initrd";
+            }
+          )
         );
 
         # Served from one directory with the kernel and the ramdisk under the

@@ -38,6 +38,66 @@ def store_name(name):
     )[:100]
 
 
+def nix32(digest):
+    """Nix's base32: 5-bit groups from the end of the digest."""
+    out = []
+    for n in range((len(digest) * 8 - 1) // 5, -1, -1):
+        b = n * 5
+        i, j = b // 8, b % 8
+        c = (digest[i] >> j) | (digest[i + 1] << (8 - j) if i + 1 < len(digest) else 0)
+        out.append(NIX32[c & 0x1F])
+    return "".join(out)
+
+
+def nar_hash(path):
+    """The NAR hash (sha256:<nix32>) and size of path, as Nix registers it;
+    mkkexec refuses a closure whose hashes are not its store's."""
+    h, size = hashlib.sha256(), 0
+
+    def put(data):
+        nonlocal size
+        h.update(data)
+        size += len(data)
+
+    def s(b):
+        put(len(b).to_bytes(8, "little") + b + b"\0" * (-len(b) % 8))
+
+    def node(p):
+        st = os.lstat(p)
+        s(b"(")
+        s(b"type")
+        if os.path.islink(p):
+            s(b"symlink")
+            s(b"target")
+            s(os.fsencode(os.readlink(p)))
+        elif os.path.isdir(p):
+            s(b"directory")
+            for name in sorted(os.listdir(os.fsencode(p))):
+                s(b"entry")
+                s(b"(")
+                s(b"name")
+                s(name)
+                s(b"node")
+                node(os.path.join(os.fsencode(p), name))
+                s(b")")
+        else:
+            s(b"regular")
+            if st.st_mode & 0o100:
+                s(b"executable")
+                s(b"")
+            s(b"contents")
+            put(st.st_size.to_bytes(8, "little"))
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    put(chunk)
+            put(b"\0" * (-st.st_size % 8))
+        s(b")")
+
+    s(b"nix-archive-1")
+    node(os.fsencode(path))
+    return "sha256:" + nix32(h.digest()), size
+
+
 def du(path):
     out = subprocess.run(["du", "-sb", path], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[0])
@@ -46,9 +106,12 @@ def du(path):
 def make_input(dest, size_mib):
     """Copy directories of /usr into dest/nix/store until size_mib is reached."""
     store = os.path.join(dest, "nix/store")
-    reg = os.path.join(dest, "registration")
+    # (-nar: earlier inputs were registered with made-up hashes.)
+    reg = os.path.join(dest, "registration-nar")
     if os.path.exists(reg):
         return store, reg
+    if os.path.exists(store):
+        shutil.rmtree(store)
     os.makedirs(store, exist_ok=True)
     total, paths, seen = 0, [], set()
     for src in SOURCES:
@@ -70,10 +133,11 @@ def make_input(dest, size_mib):
                 break
         if total >= size_mib << 20:
             break
-    h = "sha256:" + "0" * 52
-    with open(reg, "w") as f:
-        for name, size in sorted(paths):
+    with open(reg + ".tmp", "w") as f:
+        for name, _ in sorted(paths):
+            h, size = nar_hash(os.path.join(store, name))
             f.write(f"/nix/store/{name}\n{h}\n{size}\n\n0\n")
+    os.rename(reg + ".tmp", reg)
     print(f"input: {len(paths)} store paths, {total / 2**20:.0f} MiB in {store}", file=sys.stderr)
     return store, reg
 

@@ -34,12 +34,27 @@ pub enum ScriptError {
 }
 
 /// What the scripts boot.
+#[derive(Debug, Clone)]
 pub struct BootSpec<'a> {
     /// The system's toplevel, e.g. `/nix/store/…-nixos-system-…`.
     pub toplevel: &'a str,
     pub kernel_params: &'a [String],
     pub initrd_bytes: u64,
     pub unpacked_bytes: u64,
+    /// SHA-256 of the initrd, lowercase hex (kexec-boot checks it).
+    pub initrd_sha256: String,
+    /// Size and SHA-256 of the kernel.
+    pub kernel_bytes: u64,
+    pub kernel_sha256: String,
+}
+
+/// The size and lowercase-hex SHA-256 of the file at `path`.
+pub fn file_sum(path: &Utf8Path) -> anyhow::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {path}"))?;
+    let mut sha = Sha256::new();
+    let bytes = std::io::copy(&mut f, &mut sha).with_context(|| format!("cannot read {path}"))?;
+    Ok((bytes, data_encoding::HEXLOWER.encode(&sha.finalize())))
 }
 
 impl<'a> BootSpec<'a> {
@@ -51,16 +66,29 @@ impl<'a> BootSpec<'a> {
             kernel_params,
             initrd_bytes: 0,
             unpacked_bytes: 0,
+            initrd_sha256: String::new(),
+            kernel_bytes: 0,
+            kernel_sha256: String::new(),
         }
+    }
+
+    /// The same boot with `kernel`, measured for kexec-boot's check.
+    pub fn with_kernel(self, kernel: &Utf8Path) -> anyhow::Result<Self> {
+        let (kernel_bytes, kernel_sha256) = file_sum(kernel)?;
+        Ok(BootSpec {
+            kernel_bytes,
+            kernel_sha256,
+            ..self
+        })
     }
 
     /// The same boot with `initrd`: its size, and what the kernel unpacks
     /// from it (for the memory check).
     pub fn with_initrd(self, initrd: &Utf8Path) -> anyhow::Result<Self> {
+        let (initrd_bytes, initrd_sha256) = file_sum(initrd)?;
         Ok(BootSpec {
-            initrd_bytes: std::fs::metadata(initrd)
-                .with_context(|| format!("cannot read {initrd}"))?
-                .len(),
+            initrd_bytes,
+            initrd_sha256,
             unpacked_bytes: crate::initrd::unpacked_size(&[initrd.to_owned()])?,
             ..self
         })
@@ -128,6 +156,9 @@ pub fn kexec_boot(spec: &BootSpec) -> Result<String, ScriptError> {
             ("INIT", shell_quote(&init)),
             ("PARAMS", shell_quote(&spec.params())),
             ("INITRD_BYTES", spec.initrd_bytes.to_string()),
+            ("INITRD_SHA256", shell_quote(&spec.initrd_sha256)),
+            ("KERNEL_BYTES", spec.kernel_bytes.to_string()),
+            ("KERNEL_SHA256", shell_quote(&spec.kernel_sha256)),
             ("UNPACKED_BYTES", spec.unpacked_bytes.to_string()),
         ],
     ))
@@ -192,10 +223,9 @@ mod tests {
 
     fn spec(params: &[String]) -> BootSpec<'_> {
         BootSpec {
-            toplevel: TOPLEVEL,
-            kernel_params: params,
             initrd_bytes: 1,
             unpacked_bytes: 2,
+            ..BootSpec::new(TOPLEVEL, params)
         }
     }
 

@@ -185,7 +185,9 @@ fn build_in(
         .with_context(|| format!("cannot read kernel {}", opts.kernel))?;
     write_file(&dir.join("bzImage"), &kernel, 0o644)?;
 
-    let spec = BootSpec::new(toplevel, opts.kernel_params).with_initrd(&initrd_path)?;
+    let spec = BootSpec::new(toplevel, opts.kernel_params)
+        .with_initrd(&initrd_path)?
+        .with_kernel(&dir.join("bzImage"))?;
     write_file(
         &dir.join(KEXEC_BOOT),
         script::kexec_boot(&spec)?.as_bytes(),

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod inspect;
 mod run;
+mod verify;
 
 pub use run::run;
 
@@ -168,15 +169,18 @@ pub enum Command {
     },
     /// Render kexec-boot (or netboot.ipxe) for an existing initrd.
     #[command(
-        after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --initrd tree/initrd.gz \\\n    --output tree/kexec-boot"
+        after_help = "Example:\n  mkkexec script --toplevel /nix/store/…-nixos-system-x --kernel tree/bzImage \\\n    --initrd tree/initrd.gz --output tree/kexec-boot"
     )]
     Script {
         /// The system's toplevel store path.
         #[arg(long)]
         toplevel: String,
-        /// The initrd the script will load (read to size the memory check).
+        /// The initrd the script will load (read to size the memory check and for its SHA-256).
         #[arg(long)]
         initrd: Utf8PathBuf,
+        /// The kernel the script will load (kexec-boot checks its size and SHA-256); not for --ipxe.
+        #[arg(long, required_unless_present = "ipxe")]
+        kernel: Option<Utf8PathBuf>,
         /// A kernel parameter added after `init=` (repeatable).
         #[arg(long = "kernel-param", allow_hyphen_values = true)]
         kernel_params: Vec<String>,
@@ -235,6 +239,24 @@ says, and the NICs under it ask DHCP. The NixOS module runs this before network-
         /// Where to write the .network and .netdev files (created if missing).
         #[arg(long, short)]
         output: Utf8PathBuf,
+    },
+    /// Check that an image holds what its nix-path-registration says.
+    #[command(
+        long_about = "Read a squashfs image, an initrd holding nix-store.squashfs, or a kexec tree \
+back, and check every store path in it against the nix-path-registration inside it (NAR hash and \
+size), that nothing else is there, and that every reference is registered. With --closure, also \
+that it holds exactly that closure. Prints one line per problem and exits 1 if there is any.",
+        after_help = "Example:\n  mkkexec verify result/initrd.gz --closure closure-info"
+    )]
+    Verify {
+        /// A squashfs image, an initrd or a kexec tree (a directory with initrd.gz).
+        path: Utf8PathBuf,
+        /// The closure the image must hold exactly: a closureInfo output, a registration file, or a structured-attrs JSON file.
+        #[arg(long)]
+        closure: Option<Utf8PathBuf>,
+        /// In a structured-attrs JSON, the key of `exportReferencesGraph.<key>`.
+        #[arg(long, default_value = "closure")]
+        closure_attr: String,
     },
     /// Say what an initrd or squashfs image holds.
     #[command(after_help = "Example:\n  mkkexec inspect result/initrd.gz")]

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use camino::Utf8Path;
 
-use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, ToolArgs, inspect};
+use super::{Cli, ClosureArgs, Command, InitrdArgs, SquashfsArgs, ToolArgs, inspect, verify};
 use crate::boot::{script, tarball, tree};
 use crate::nix::closure::Closure;
 use crate::{initrd, output, squashfs};
@@ -93,13 +93,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Script {
             toplevel,
             initrd,
+            kernel,
             kernel_params,
             ipxe,
             kernel_name,
             initrd_name,
             output,
         } => {
-            let spec = script::BootSpec::new(toplevel, kernel_params).with_initrd(initrd)?;
+            let mut spec = script::BootSpec::new(toplevel, kernel_params).with_initrd(initrd)?;
+            if let Some(kernel) = kernel {
+                spec = spec.with_kernel(kernel)?;
+            }
             let (text, mode) = if *ipxe {
                 let text = script::netboot_ipxe(&spec, kernel_name, initrd_name)?;
                 (text, 0o644)
@@ -117,6 +121,33 @@ pub fn run(cli: Cli) -> Result<()> {
         } => tarball::build(tree, output, &bundled(tools), *level, *layout)?,
         Command::Network { state, output } => crate::carry::write_network_units(state, output)?,
         Command::Inspect { file } => inspect::inspect(file, &mut std::io::stdout().lock())?,
+        Command::Verify {
+            path,
+            closure,
+            closure_attr,
+        } => {
+            let closure = match closure {
+                Some(c) => Some(Closure::load(c, closure_attr)?),
+                None => None,
+            };
+            let problems = verify::verify(path, closure.as_ref(), &mut std::io::stdout().lock())?;
+            if problems > 0 {
+                anyhow::bail!(
+                    "{path}: {problems} problem{} (listed above): the image does not hold what \
+                     its registration{} says; build it again from a store that passes \
+                     `nix-store --verify --check-contents`",
+                    if problems == 1 { "" } else { "s" },
+                    if closure.is_some() {
+                        " or the closure"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if !cli.quiet {
+                eprintln!("{path}: every store path matches its registration");
+            }
+        }
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ mod newc;
 mod scan;
 
 pub use codec::{Codec, InitrdCompression};
-pub use scan::{check_prepend, scan, unpacked_size};
+pub use scan::{check_prepend, extract, scan, unpacked_size};
 
 use crate::output::{AtomicFile, Tracked};
 use crate::progress::{Counters, Counting, Progress};

@@ -80,10 +80,22 @@ impl Segment {
     }
 }
 
+/// A file to copy out of the initrd while it is scanned.
+struct Want<'a> {
+    name: &'a str,
+    out: &'a mut dyn io::Write,
+    found: bool,
+}
+
 /// Read the cpio entries from `r` up to the trailer, then drain `r`. An
 /// error says where in the member reading stopped and why, as the end of
 /// a sentence that starts with the member.
-fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
+fn read_cpio(
+    mut r: impl Read,
+    seg: &mut Segment,
+    drain: bool,
+    want: &mut Option<Want>,
+) -> Result<()> {
     let fail = |e: io::Error, at: String| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             anyhow!("is cut short: the file ends {at}; copy or build the initrd again")
@@ -109,7 +121,14 @@ fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
         let at = || format!("in the data of entry {k}, {name} ({size} bytes)");
         // Read here rather than in `finish`, which skips what is missing
         // without a word: a cut would show as a bad header after it.
-        let got = io::copy(&mut e, &mut io::sink()).map_err(|e| fail(e, at()))?;
+        let got = match want {
+            // (An initrd mkkexec made holds it once.)
+            Some(w) if name.trim_start_matches("./").trim_start_matches('/') == w.name => {
+                w.found = true;
+                io::copy(&mut e, &mut w.out).map_err(|e| fail(e, at()))?
+            }
+            _ => io::copy(&mut e, &mut io::sink()).map_err(|e| fail(e, at()))?,
+        };
         if got < size {
             return Err(fail(io::ErrorKind::UnexpectedEof.into(), at()));
         }
@@ -136,6 +155,22 @@ fn read_cpio(mut r: impl Read, seg: &mut Segment, drain: bool) -> Result<()> {
 
 /// Split an initrd into its members and list each one's entries.
 pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
+    scan_for(path, &mut None)
+}
+
+/// Copy the file `name` (a path inside the initrd, without a leading `/`)
+/// out of the initrd at `path` into `out`; false where there is none.
+pub fn extract(path: &Utf8Path, name: &str, out: &mut dyn io::Write) -> Result<bool> {
+    let mut want = Some(Want {
+        name,
+        out,
+        found: false,
+    });
+    scan_for(path, &mut want)?;
+    Ok(want.is_some_and(|w| w.found))
+}
+
+fn scan_for(path: &Utf8Path, want: &mut Option<Want>) -> Result<Vec<Segment>> {
     let f = File::open(path).with_context(|| format!("cannot open {path}"))?;
     let read = Arc::new(Counters::default());
     let counting = Counting {
@@ -181,7 +216,12 @@ pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
             );
         }
         let read = match compression {
-            "gzip" => read_cpio(flate2::bufread::GzDecoder::new(&mut r), &mut seg, true),
+            "gzip" => read_cpio(
+                flate2::bufread::GzDecoder::new(&mut r),
+                &mut seg,
+                true,
+                want,
+            ),
             "zstd" => {
                 let mut d = zstd::stream::read::Decoder::with_buffer(&mut r)
                     .with_context(|| format!("cannot start a zstd decoder for {path}"))?
@@ -191,10 +231,15 @@ pub fn scan(path: &Utf8Path) -> Result<Vec<Segment>> {
                 // an error here.
                 d.window_log_max(31)
                     .with_context(|| format!("cannot start a zstd decoder for {path}"))?;
-                read_cpio(d, &mut seg, true)
+                read_cpio(d, &mut seg, true, want)
             }
-            "xz" => read_cpio(liblzma::bufread::XzDecoder::new(&mut r), &mut seg, true),
-            "none (cpio)" => read_cpio(&mut r, &mut seg, false),
+            "xz" => read_cpio(
+                liblzma::bufread::XzDecoder::new(&mut r),
+                &mut seg,
+                true,
+                want,
+            ),
+            "none (cpio)" => read_cpio(&mut r, &mut seg, false, want),
             other => bail!(
                 "{path}: the member at byte {offset} is {other}, which mkkexec cannot read (the \
                  kernel may)"

@@ -22,6 +22,9 @@ pub struct Closure {
     pub paths: Vec<PathInfo>,
     /// The file it was read from, for messages.
     file: Option<Utf8PathBuf>,
+    /// Whether its hashes are written as SRI (`nix path-info --json`), so
+    /// that messages show hashes as the file does.
+    sri: bool,
 }
 
 /// One path info of a JSON closure, its fields' types checked.
@@ -307,20 +310,24 @@ impl Closure {
         })?;
         // An editor's byte order mark is not part of either format.
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let paths = if text.trim_start().starts_with(['{', '[']) {
-            Self::from_json(text, attr)
+        let (paths, sri) = if text.trim_start().starts_with(['{', '[']) {
+            Self::from_json_with_form(text, attr)
                 .with_context(|| format!("in structured-attrs JSON {file}"))?
         } else {
-            registration::parse(text).with_context(|| format!("in registration {file}"))?
+            let paths =
+                registration::parse(text).with_context(|| format!("in registration {file}"))?;
+            (paths, false)
         };
         let mut closure = Self::new(paths).with_context(|| format!("in closure {file}"))?;
         closure.file = Some(file);
+        closure.sri = sri;
         Ok(closure)
     }
 
     /// The structured-attrs object (`{"<attr>": [path info, …], …}`), or a
-    /// bare list of path infos (`nix path-info --json --recursive`).
-    fn from_json(text: &str, attr: &str) -> Result<Vec<PathInfo>> {
+    /// bare list of path infos (`nix path-info --json --recursive`); and
+    /// whether its first hash is SRI.
+    fn from_json_with_form(text: &str, attr: &str) -> Result<(Vec<PathInfo>, bool)> {
         let Strict(value) = serde_json::from_str(text)?;
         let (list, attr, key) = match value {
             serde_json::Value::Object(mut top) => {
@@ -349,7 +356,9 @@ impl Closure {
                 AttrList(key).deserialize(&mut de).map_err(located)?
             }
         };
-        list.into_iter()
+        let sri = list.first().is_some_and(|j| !j.nar_hash.contains(':'));
+        let paths = list
+            .into_iter()
             .enumerate()
             .map(|(i, j)| {
                 let ctx = || format!("entry {i} of {attr} ({})", j.path);
@@ -369,7 +378,13 @@ impl Closure {
                         .with_context(ctx)?,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((paths, sri))
+    }
+
+    #[cfg(test)]
+    fn from_json(text: &str, attr: &str) -> Result<Vec<PathInfo>> {
+        Ok(Self::from_json_with_form(text, attr)?.0)
     }
 
     /// Sort, and check that every path appears once and every reference is
@@ -399,7 +414,11 @@ impl Closure {
                 }
             }
         }
-        Ok(Closure { paths, file: None })
+        Ok(Closure {
+            paths,
+            file: None,
+            sri: false,
+        })
     }
 
     /// Check that every path exists below `root` (`/` for the real store).
@@ -422,6 +441,23 @@ impl Closure {
             })?;
         }
         Ok(())
+    }
+
+    /// The file the closure was read from, for messages.
+    pub fn name(&self) -> String {
+        match &self.file {
+            Some(f) => format!("the closure {f}"),
+            None => "the closure".to_owned(),
+        }
+    }
+
+    /// `hash` as the closure's file writes hashes: SRI or `sha256:<nix32>`.
+    pub fn show_hash(&self, hash: &NixHash) -> String {
+        if self.sri {
+            hash.to_sri()
+        } else {
+            hash.to_string()
+        }
     }
 
     /// Where a store path lies on disk when the store sits below `root`.

@@ -16,9 +16,10 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
 use backhand::kind::Kind;
@@ -31,6 +32,7 @@ use codec::MkCompressor;
 pub use codec::{Codec, DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
 use crate::nix::closure::Closure;
+use crate::nix::nar::{self, NarStream};
 use crate::output::AtomicFile;
 use crate::progress::{Counters, Progress, mib};
 
@@ -68,6 +70,9 @@ struct LazyReader {
     file: Option<File>,
     done: bool,
     counters: Arc<Counters>,
+    /// The NAR of the store path this file is in, and the file's number in it.
+    nar: Arc<Mutex<NarStream>>,
+    nar_id: usize,
 }
 
 impl LazyReader {
@@ -100,6 +105,7 @@ impl Read for LazyReader {
             let f = File::open(&self.path).map_err(|e| cannot_read(self, e))?;
             self.file = Some(f);
             self.counters.add_file();
+            lock(&self.nar).begin(self.nar_id);
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(0);
@@ -110,6 +116,7 @@ impl Read for LazyReader {
         };
         self.read += n as u64;
         self.counters.add_bytes(n as u64);
+        lock(&self.nar).data(buf.get(..n).unwrap_or_default());
         if n == 0 {
             self.file = None;
             self.done = true;
@@ -165,6 +172,14 @@ struct Walker {
     fs: FilesystemWriter<'static, 'static, 'static>,
     counters: Arc<Counters>,
     stats: Stats,
+    /// The NAR of the store path being walked.
+    nar: Arc<Mutex<NarStream>>,
+}
+
+/// A stream's lock; a reader that panicked holding it left nothing a hash
+/// could not survive (a broken stream falls back to the disk).
+fn lock(m: &Mutex<NarStream>) -> std::sync::MutexGuard<'_, NarStream> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn header(perm: u32) -> NodeHeader {
@@ -173,7 +188,8 @@ fn header(perm: u32) -> NodeHeader {
 
 impl Walker {
     /// Add `src` at `dest` in the image, recursing into directories in
-    /// byte order of their names.
+    /// byte order of their names (the NAR's order), and its NAR tokens to
+    /// `self.nar`.
     fn add(&mut self, src: &Path, dest: &Path) -> Result<()> {
         let meta = std::fs::symlink_metadata(src)
             .with_context(|| format!("cannot stat {}", src.display()))?;
@@ -183,12 +199,24 @@ impl Walker {
         if ft.is_symlink() {
             let target = std::fs::read_link(src)
                 .with_context(|| format!("cannot read symlink {}", src.display()))?;
+            nar::symlink(lock(&self.nar).tokens(), target.as_os_str().as_bytes());
             self.fs
                 .push_symlink(target, dest, h)
                 .map_err(backhand_error)
                 .with_context(ctx)?;
         } else if ft.is_file() {
             let size = meta.len();
+            let nar_id = {
+                let mut n = lock(&self.nar);
+                nar::file_start(
+                    n.tokens(),
+                    nar::is_executable(meta.permissions().mode()),
+                    size,
+                );
+                let id = n.file(size);
+                nar::file_end(n.tokens(), size);
+                id
+            };
             let reader = LazyReader {
                 path: src.to_owned(),
                 size,
@@ -196,6 +224,8 @@ impl Walker {
                 file: None,
                 done: false,
                 counters: Arc::clone(&self.counters),
+                nar: Arc::clone(&self.nar),
+                nar_id,
             };
             self.fs
                 .push_file(reader, dest, h)
@@ -214,9 +244,13 @@ impl Walker {
                 .collect::<io::Result<Vec<_>>>()
                 .with_context(|| format!("cannot list {}", src.display()))?;
             entries.sort();
+            nar::dir_start(lock(&self.nar).tokens());
             for name in entries {
+                nar::entry_start(lock(&self.nar).tokens(), name.as_bytes());
                 self.add(&src.join(&name), &dest.join(&name))?;
+                nar::close(lock(&self.nar).tokens());
             }
+            nar::close(lock(&self.nar).tokens());
         } else {
             let kind = if ft.is_fifo() {
                 "a fifo"
@@ -234,6 +268,55 @@ impl Walker {
         }
         Ok(())
     }
+}
+
+/// Refuse the image when a store path's NAR hash or size is not the
+/// closure's: its registration would lie about the store it comes with.
+/// Each stream was fed while backhand read the files; one fed out of order
+/// is hashed again from disk.
+fn check_nar_hashes(
+    closure: &Closure,
+    root: &Utf8Path,
+    nars: Vec<Arc<Mutex<NarStream>>>,
+) -> Result<()> {
+    let mut wrong = Vec::new();
+    for (info, stream) in closure.paths.iter().zip(nars) {
+        let stream = std::mem::take(&mut *lock(&stream));
+        let (hash, size) = match stream.finish() {
+            Some(h) => h,
+            None => {
+                let src = closure.source(root, &info.path);
+                nar::hash_path(src.as_std_path())
+                    .with_context(|| format!("cannot hash {} again", info.path))?
+            }
+        };
+        if hash != info.nar_hash || size != info.nar_size {
+            wrong.push(format!(
+                "{}: its contents hash to {} ({size} bytes as a NAR), but {} says {} \
+                 ({} bytes)",
+                info.path,
+                closure.show_hash(&hash),
+                closure.name(),
+                closure.show_hash(&info.nar_hash),
+                info.nar_size
+            ));
+        }
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "{}\nthe store differs from the closure's registration{}: it was changed after the \
+             closure was taken, or --root {root} is another store; repair the store \
+             (nix-store --verify --check-contents --repair) or take the closure again from it. \
+             No image was written",
+            wrong.join("\n"),
+            if wrong.len() > 1 {
+                format!(" in {} store paths", wrong.len())
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Build the image of `closure`, whose store lies below `root`, at `output`.
@@ -257,15 +340,20 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
         fs,
         counters: Arc::clone(&counters),
         stats: Stats::default(),
+        nar: Arc::default(),
     };
 
     let reg_name = Path::new("nix-path-registration");
     w.fs.push_file(io::Cursor::new(registration), reg_name, header(0o644))
         .map_err(backhand_error)
         .context("cannot add nix-path-registration")?;
+    let mut nars = Vec::with_capacity(closure.paths.len());
     for info in &closure.paths {
         let src = closure.source(root, &info.path);
+        w.nar = Arc::default();
+        nar::archive_start(lock(&w.nar).tokens());
         w.add(src.as_std_path(), Path::new(info.path.base_name()))?;
+        nars.push(Arc::clone(&w.nar));
     }
     let Walker { mut fs, stats, .. } = w;
 
@@ -280,6 +368,7 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
     out.truncate(len)?;
     drop(progress);
     drop(fs);
+    check_nar_hashes(closure, root, nars)?;
     out.commit()?;
     if !opts.quiet {
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);

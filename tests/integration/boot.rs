@@ -310,13 +310,22 @@ fn pack(dir: &Utf8Path, root: &Utf8Path) -> Utf8PathBuf {
 
 /// The host VM's initrd: tests/fixture/host-init and our tarball unpacked
 /// at /, all in RAM (a rescue system's shape).
-fn host_initrd(name: &str, tarball: &Utf8Path, disable_kexec: bool) -> Utf8PathBuf {
+fn host_initrd(
+    name: &str,
+    tarball: &Utf8Path,
+    disable_kexec: bool,
+    read_only_initrd: bool,
+) -> Utf8PathBuf {
     let dir = work_dir(name);
     let root = host_root(&dir, "host-init");
     if disable_kexec {
         std::fs::write(root.join("etc/disable-kexec"), "").expect("write");
     }
     sh(&format!("tar -xzf {tarball} -C {root}"));
+    if read_only_initrd {
+        // As in a Nix store: kexec-boot copies it rather than append to it.
+        sh(&format!("chmod 444 {root}/nixos-kexec/initrd.gz"));
+    }
     pack(&dir, &root)
 }
 
@@ -384,7 +393,19 @@ fn hop_of(
     mem_mib: u32,
     params: &str,
 ) -> String {
-    let initrd = host_initrd(name, tarball, disable_kexec);
+    hop_on(name, tarball, disable_kexec, mem_mib, params, false)
+}
+
+/// [`hop_of`], with the tree's initrd.gz read-only if `read_only_initrd`.
+fn hop_on(
+    name: &str,
+    tarball: &Utf8Path,
+    disable_kexec: bool,
+    mem_mib: u32,
+    params: &str,
+    read_only_initrd: bool,
+) -> String {
+    let initrd = host_initrd(name, tarball, disable_kexec, read_only_initrd);
     qemu(
         name,
         &kernel_dir().join("vmlinuz"),
@@ -454,17 +475,37 @@ fn kexec_hop_refused_under_lockdown_says_why() {
 #[test]
 #[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
 fn kexec_hop_refuses_an_initrd_it_could_not_write_whole() {
-    // A 128 MiB store on a host whose only room is RAM: at 720 MiB the
-    // memory checks pass, but the initrd with the carried files does not
-    // fit in what is left of the host's tmpfs. Loading the part that was
-    // written booted a cut store (measured): it must refuse instead.
+    // A 128 MiB store on a host whose only room is RAM, its initrd.gz
+    // read-only (so copied): at 720 MiB the memory checks pass, but the
+    // initrd with the carried files does not fit in what is left of the
+    // host's tmpfs. Loading the part that was written booted a cut store
+    // (measured): it must refuse instead.
     let tarball = tarball_with(&[
         ("payloadMiB", "128".to_owned()),
         ("initrdCompression", "\"none\"".to_owned()),
     ]);
-    let log = hop_of("hop-cut", &tarball, false, 720, "");
+    let log = hop_on("hop-cut", &tarball, false, 720, "", true);
     assert_refused(&log, "kexec-boot: could write only ");
     assert!(!log.contains("STAGE1-FAIL"), "{}", tail(&log));
+}
+
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn kexec_hop_appends_in_place_where_a_copy_would_not_fit() {
+    // The host above, its initrd.gz writable (as the tarball unpacks it):
+    // the carried files are appended in place, no copy is made, and the
+    // same 720 MiB boot the system.
+    let tarball = tarball_with(&[
+        ("payloadMiB", "128".to_owned()),
+        ("initrdCompression", "\"none\"".to_owned()),
+    ]);
+    let log = hop_on("hop-in-place", &tarball, false, 720, "", false);
+    assert!(
+        log.contains("kexec-boot: appending the carried files to /nixos-kexec/initrd.gz"),
+        "{}",
+        tail(&log)
+    );
+    assert_hopped("hop-in-place", &log);
 }
 
 #[test]

@@ -64,6 +64,15 @@ pub fn base(name: &str) -> String {
     format!("{}-{name}", mkkexec::nix::nixbase32::encode(&digest))
 }
 
+/// The NAR hash (as a registration writes it) and size of a store path on
+/// disk, as mkkexec computes them; `nix.rs` checks that computation against
+/// real Nix.
+pub fn nar_hash(path: &Utf8Path) -> (String, u64) {
+    let (h, size) = mkkexec::nix::nar::hash_path(path.as_std_path()).expect("NAR hash");
+    (h.to_string(), size)
+}
+
+/// A well-formed hash no store path has (for tests of the closure's syntax).
 pub const NAR_HASH: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
 
 /// A store below `root` with awkward contents, and its registration.
@@ -72,6 +81,24 @@ pub struct Fixture {
     pub registration: Utf8PathBuf,
     pub paths: Vec<String>,
     pub toplevel: String,
+    /// Each path's references, for [`Fixture::register`].
+    refs: Vec<(String, Vec<String>)>,
+}
+
+impl Fixture {
+    /// Write the registration again, with the NAR hashes of the store as it
+    /// is now: for a test that changes the store on purpose.
+    pub fn register(&self) {
+        let mut reg = String::new();
+        for (p, r) in &self.refs {
+            let (hash, size) = nar_hash(&self.root.join("nix/store").join(p));
+            reg += &format!("/nix/store/{p}\n{hash}\n{size}\n\n{}\n", r.len());
+            for r in r {
+                reg += &format!("/nix/store/{r}\n");
+            }
+        }
+        std::fs::write(&self.registration, reg).expect("write");
+    }
 }
 
 fn write(p: &Path, data: &[u8], mode: u32) {
@@ -194,21 +221,18 @@ pub fn fixture(dir: &Utf8Path) -> Fixture {
         (&link, vec![&single]),
         (&sys, vec![&data, &link, &sys]),
     ];
-    let mut reg = String::new();
-    for (p, r) in &refs {
-        reg += &format!("/nix/store/{p}\n{NAR_HASH}\n1000\n\n{}\n", r.len());
-        for r in r {
-            reg += &format!("/nix/store/{r}\n");
-        }
-    }
-    let registration = dir.join("registration");
-    std::fs::write(&registration, reg).expect("write");
-    Fixture {
+    let f = Fixture {
         root,
-        registration,
+        registration: dir.join("registration"),
         paths: refs.iter().map(|(p, _)| (*p).clone()).collect(),
         toplevel: format!("/nix/store/{sys}"),
-    }
+        refs: refs
+            .iter()
+            .map(|(p, r)| ((*p).clone(), r.iter().map(|r| (*r).clone()).collect()))
+            .collect(),
+    };
+    f.register();
+    f
 }
 
 /// `unsquashfs -lln` as `mode owner size name`, without times or the root.

@@ -18,3 +18,4 @@ mod nixfmt;
 mod script;
 mod squashfs;
 mod tree;
+mod verify;

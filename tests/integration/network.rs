@@ -538,10 +538,12 @@ fn prove(shape: &Shape) {
     std::fs::write(
         &script,
         kexec_boot(&BootSpec {
-            toplevel: "/nix/store/4fqb3vhbdwzi43hf9ax6ji0nvkjzq1ay-nixos-system-kexec-26.05",
-            kernel_params: &[],
             initrd_bytes: 1 << 20,
             unpacked_bytes: 1 << 20,
+            ..BootSpec::new(
+                "/nix/store/4fqb3vhbdwzi43hf9ax6ji0nvkjzq1ay-nixos-system-kexec-26.05",
+                &[],
+            )
         })
         .expect("render"),
     )

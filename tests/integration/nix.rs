@@ -206,3 +206,109 @@ fn nix_files_parse() {
         ok(nix("nix-instantiate").arg("--parse").arg(root.join(f)));
     }
 }
+
+/// The NAR hashes Nix registered are checked while packing: the closure Nix
+/// built packs from a copy of its store paths; the same copy changed after
+/// registration (a file's bytes, a symlink's target, an executable bit) is
+/// refused by `squashfs` and `tree`, naming the path and both hashes, and
+/// leaves no output.
+#[test]
+#[ignore = "needs Nix with a writable store (scripts/test.sh runs it)"]
+fn nix_store_changed_after_registration_is_refused() {
+    let (_t, dir) = tempdir();
+    let args = dummy_args();
+    let json = build_fixture("closureJson", &args);
+    let toplevel = build_fixture("toplevel", &args);
+    let text = std::fs::read_to_string(&json).expect("read");
+    let attrs: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let infos = attrs["closure"].as_array().expect("closure list");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("nix/store")).expect("mkdir");
+    for i in infos {
+        let p = i["path"].as_str().expect("path");
+        ok(Command::new("cp")
+            .args(["-a", p])
+            .arg(root.join("nix/store")));
+    }
+    let (kernel, initrd) = (&args[0].1, &args[1].1);
+    let squashfs = |out: &Utf8Path| {
+        let mut c = mkkexec();
+        c.args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
+            .arg(&json)
+            .arg("--root")
+            .arg(&root)
+            .arg("-o")
+            .arg(out);
+        c
+    };
+    let tree = |out: &Utf8Path| {
+        let mut c = mkkexec();
+        c.args(["tree", "-q", "--squashfs-level", "3", "--closure"])
+            .arg(&json)
+            .arg("--root")
+            .arg(&root)
+            .args(["--toplevel", toplevel.as_str(), "--kernel", kernel])
+            .args(["--prepend-initrd", initrd])
+            .arg("--output")
+            .arg(out);
+        c
+    };
+    // Unchanged: Nix's hashes are the ones mkkexec computes.
+    ok(&mut squashfs(&dir.join("ok.img")));
+    ok(&mut tree(&dir.join("ok-tree")));
+
+    let data = infos
+        .iter()
+        .map(|i| i["path"].as_str().expect("path"))
+        .find(|p| p.ends_with("-data"))
+        .expect("data path");
+    let on_disk = root.join(data.trim_start_matches('/'));
+    let registered = infos
+        .iter()
+        .find(|i| i["path"] == data)
+        .and_then(|i| i["narHash"].as_str())
+        .expect("narHash")
+        .to_owned();
+    sh(&format!("chmod -R u+w {on_disk}"));
+    let dup1 = on_disk.join("share/dup1");
+    let original = std::fs::read(&dup1).expect("read");
+    for (what, change, undo) in [
+        (
+            "a file's bytes",
+            format!("printf X >> {dup1}"),
+            format!("chmod u+w {dup1}"),
+        ),
+        (
+            "an executable bit",
+            format!("chmod +x {dup1}"),
+            String::new(),
+        ),
+        (
+            "a symlink's target",
+            format!("ln -sfn /nonexistent/dangline {on_disk}/share/dangling"),
+            format!("ln -sfn /nonexistent/dangling {on_disk}/share/dangling"),
+        ),
+    ] {
+        sh(&change);
+        for (cmd, out) in [
+            (squashfs(&dir.join("bad.img")), dir.join("bad.img")),
+            (tree(&dir.join("bad-tree")), dir.join("bad-tree")),
+        ] {
+            let mut cmd = cmd;
+            let e = fails(&mut cmd);
+            assert!(
+                e.contains(&format!("{data}: its contents hash to sha256:")),
+                "{what}: {e}"
+            );
+            // Both hashes, each in the closure's notation (the JSON's).
+            assert!(e.contains(&format!("says {registered}")), "{what}: {e}");
+            assert!(e.contains("repair the store"), "{what}: {e}");
+            assert!(!out.exists(), "{what}: {out} left behind");
+        }
+        sh(&undo);
+        std::fs::write(&dup1, &original).expect("restore");
+        sh(&format!("chmod 444 {dup1}"));
+    }
+    // Put back, it packs again.
+    ok(&mut squashfs(&dir.join("again.img")));
+}

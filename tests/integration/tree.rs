@@ -66,10 +66,21 @@ fn tree_layout_contents_and_reproducibility() {
     insta::with_settings!({filters => vec![
         (r"/nix/store/[0-9a-z]{32}-", "/nix/store/HASH-"),
         (r"(initrd|unpacked)_bytes=\d+", "${1}_bytes=N"),
+        (r"initrd_sha256='[0-9a-f]{64}'", "initrd_sha256='SUM'"),
     ]}, {
         insta::assert_snapshot!("tree-kexec-boot", script);
         insta::assert_snapshot!("tree-netboot.ipxe", std::fs::read_to_string(out.join("netboot.ipxe")).expect("read"));
     });
+
+    // kexec-boot checks the files beside it: their sizes and sums as written.
+    for (file, var) in [("bzImage", "kernel"), ("initrd.gz", "initrd")] {
+        let (bytes, sum) = mkkexec::boot::script::file_sum(&out.join(file)).expect("sum");
+        assert!(
+            script.contains(&format!("\n{var}_bytes={bytes}\n"))
+                && script.contains(&format!("\n{var}_sha256='{sum}'\n")),
+            "{file}"
+        );
+    }
 
     // initrd.gz: the stage 1 as is, then a zstd cpio holding the squashfs.
     let inspect = ok(mkkexec().arg("inspect").arg(out.join("initrd.gz")));
@@ -279,7 +290,11 @@ fn outputs_have_the_modes_a_user_expects() {
         .arg("-o")
         .arg(&initrd));
     let (script, ipxe) = (dir.join("kexec-boot"), dir.join("netboot.ipxe"));
-    for (out, extra) in [(&script, None), (&ipxe, Some("--ipxe"))] {
+    let kernel = tree.join("bzImage");
+    for (out, extra) in [
+        (&script, vec!["--kernel", kernel.as_str()]),
+        (&ipxe, vec!["--ipxe"]),
+    ] {
         ok(mkkexec()
             .args(["script", "--toplevel", &f.toplevel, "--initrd"])
             .arg(&initrd)
@@ -384,11 +399,18 @@ fn tarball_unpacks_to_a_working_nixos_kexec() {
         .join("nixos-kexec/bin/..")
         .canonicalize_utf8()
         .expect("canon");
+    // The unpacked tarball's initrd.gz may be written: the carried files
+    // are appended in place and cut off after loading.
     assert!(
         log.starts_with(&format!(
-            "--kexec-file-syscall\n--load\n{d}/bzImage\n--initrd=/var/tmp/nixos-kexec."
+            "--kexec-file-syscall\n--load\n{d}/bzImage\n--initrd={d}/initrd.gz\n"
         )),
         "{log}"
+    );
+    assert!(
+        std::fs::read(d.join("initrd.gz")).expect("read")
+            == std::fs::read(tree.join("initrd.gz")).expect("read"),
+        "initrd.gz not cut back"
     );
     assert!(log.ends_with("loglevel=4\n-e\n"), "{log}");
 }

@@ -18,6 +18,10 @@ params=@PARAMS@
 # plus stage 1), in bytes.
 initrd_bytes=@INITRD_BYTES@
 unpacked_bytes=@UNPACKED_BYTES@
+# bzImage and initrd.gz as mkkexec wrote them: sizes and SHA-256.
+initrd_sha256=@INITRD_SHA256@
+kernel_bytes=@KERNEL_BYTES@
+kernel_sha256=@KERNEL_SHA256@
 
 usage() {
   cat <<EOF
@@ -261,6 +265,59 @@ for f in bzImage initrd.gz; do
   [ -r "$here/$f" ] || die "$here/$f is missing: keep kexec-boot, bzImage and initrd.gz together"
 done
 
+# --- What was built ---------------------------------------------------------
+# A tarball cut or damaged on its way (an interrupted copy, a full disk while
+# unpacking) loads happily and boots into a panic with no network: load only
+# the bytes mkkexec wrote. sha256sum is coreutils' or busybox's.
+have_sha256=1
+if command -v sha256sum >/dev/null 2>&1; then
+  sha256() { sha256sum; }
+elif command -v busybox >/dev/null 2>&1 && busybox sha256sum </dev/null >/dev/null 2>&1; then
+  sha256() { busybox sha256sum; }
+else
+  have_sha256=0
+  say "warning: no sha256sum (coreutils or busybox): bzImage and initrd.gz are checked by their sizes only"
+fi
+check_built() { # FILE BYTES SHA256
+  got=$(($(wc -c <"$here/$1")))
+  if [ "$got" != "$2" ]; then
+    why="it has $got bytes, mkkexec wrote $2"
+  elif [ "$have_sha256" = 1 ]; then
+    sum=$(sha256 <"$here/$1") || die "cannot read $here/$1"
+    sum=${sum%% *}
+    [ "$sum" = "$3" ] && return 0
+    why="its SHA-256 is $sum, mkkexec wrote $3"
+  else
+    return 0
+  fi
+  die "$here/$1 is damaged ($why): copy the tarball (or the tree) again. Nothing was loaded."
+}
+# Where initrd.gz may be written (its owner may write it, on a writable file
+# system, outside a Nix store, not through a symlink), the carried files are
+# appended to it in place and cut off again once it is loaded: no second
+# copy of the initrd, which on a host whose root is in RAM (a rescue system)
+# is a second copy in RAM. A run that stopped in between left them
+# appended: cut off here.
+in_place=0
+case $here in
+  /nix/store/*) ;;
+  *)
+    if [ ! -L "$here/initrd.gz" ] && [ -w "$here/initrd.gz" ] &&
+      [ -n "$(find "$here/initrd.gz" -prune -perm -200 2>/dev/null)" ]; then
+      in_place=1
+    fi
+    ;;
+esac
+cut_back() { # back to the bytes mkkexec wrote (dd truncates at seek=)
+  dd if=/dev/null of="$here/initrd.gz" bs=1 seek="$initrd_bytes" 2>/dev/null
+}
+if [ "$in_place" = 1 ] && [ "$(($(wc -c <"$here/initrd.gz")))" -gt "$initrd_bytes" ]; then
+  say "$here/initrd.gz still holds the carried files of a run that did not finish: cutting them off"
+  cut_back || die "cannot cut $here/initrd.gz back to its $initrd_bytes bytes"
+fi
+check_built bzImage "$kernel_bytes" "$kernel_sha256"
+check_built initrd.gz "$initrd_bytes" "$initrd_sha256"
+
 # The kernel's architecture, from its header: x86's bzImage has "HdrS" at
 # byte 514, arm64's Image "ARMd" at byte 56 (the tree calls both bzImage,
 # as nixpkgs' kexecTree does).
@@ -358,6 +415,8 @@ free_kib() {
 }
 
 initrd_kib=$((initrd_bytes / 1024 + 1024))
+# In place, only the carried files are written here.
+[ "$in_place" = 0 ] || initrd_kib=4096
 work_parent=
 in_ram=
 for d in ${TMPDIR:-} /var/tmp /root "$here" /tmp; do
@@ -384,7 +443,8 @@ done
 if [ -z "$work_parent" ]; then
   [ -n "$in_ram" ] || die "no directory with $((initrd_kib / 1024)) MiB free for the initrd with the carried files (tried \$TMPDIR, /var/tmp, /root, $here, /tmp): free some disk space, or set TMPDIR to a disk with room (where they are all in RAM, as on a rescue system, the room is RAM). Nothing was loaded."
   work_parent=$in_ram
-  say "warning: no disk with $((initrd_kib / 1024)) MiB free; the initrd is assembled in $in_ram, which is in RAM"
+  [ "$in_place" = 1 ] ||
+    say "warning: no disk with $((initrd_kib / 1024)) MiB free; the initrd is assembled in $in_ram, which is in RAM"
 fi
 work=$(mktemp -d "$work_parent/nixos-kexec.XXXXXX") || die "cannot create a directory in $work_parent"
 trap 'rm -rf "$work"' EXIT
@@ -434,23 +494,37 @@ carried_cpio() {
   cd /
 }
 
-initrd=$work/initrd
-say "assembling the initrd with the carried files in $work_parent"
 carried_cpio >"$work/carried.cpio" || die "cannot write $work/carried.cpio: is $work_parent full?"
 base=$(($(wc -c <"$here/initrd.gz")))
 # An uncompressed cpio must start 4-byte aligned.
 pad=$(((4 - base % 4) % 4))
-{
-  cat "$here/initrd.gz"
-  zeros "$pad"
-  cat "$work/carried.cpio"
-} >"$initrd" || :
+if [ "$in_place" = 1 ]; then
+  initrd=$here/initrd.gz
+  say "appending the carried files to $initrd (cut off again once it is loaded)"
+  # However this script ends from here on, initrd.gz is cut back.
+  trap 'rm -rf "$work"; cut_back' EXIT
+  {
+    zeros "$pad"
+    cat "$work/carried.cpio"
+  } >>"$initrd" || :
+else
+  initrd=$work/initrd
+  say "assembling the initrd with the carried files in $work_parent"
+  {
+    cat "$here/initrd.gz"
+    zeros "$pad"
+    cat "$work/carried.cpio"
+  } >"$initrd" || :
+fi
 # A short write (a full disk, or RAM running out under a RAM file system)
 # must not load: a cut initrd boots a cut store. The size says it.
 want=$((base + pad + $(wc -c <"$work/carried.cpio")))
 got=$(($(wc -c <"$initrd")))
-[ "$got" = "$want" ] ||
+if [ "$got" != "$want" ]; then
+  [ "$in_place" = 0 ] ||
+    die "could write only $got of the $want bytes of $initrd: $here is full; free space there (or make initrd.gz read-only: it is then assembled elsewhere)"
   die "could write only $got of the $want bytes of $initrd: $work_parent is full (or, in RAM, the memory ran out); free space there or set TMPDIR to a disk with $((want / mib + 1)) MiB free"
+fi
 rm -f "$work/carried.cpio"
 
 # What kexec copies into memory, twice while it loads (kexec_load: its own
@@ -503,7 +577,11 @@ else
   fi
 fi
 set +f
-rm -f "$initrd"
+if [ "$in_place" = 1 ]; then
+  cut_back || die "cannot cut $initrd back to its $initrd_bytes bytes; the next run will"
+else
+  rm -f "$initrd"
+fi
 
 if [ "$dry_run" = 1 ]; then
   "$kexec" --unload || :
