@@ -54,6 +54,19 @@ pub struct TreeOptions<'a> {
     pub initrd: initrd::Options,
     /// (name in [`TOOLS`], file) to bundle.
     pub tools: Vec<(&'static str, &'a Utf8Path)>,
+    /// The largest image one part of the store may make:
+    /// [`squashfs::NEWC_LIMIT`], or less in tests.
+    pub part_limit: u64,
+}
+
+/// The name in the initrd of part `i` of the store: `/nix-store.squashfs`
+/// (which holds `nix-path-registration`), then `/nix-store-1.squashfs`, ….
+pub fn part_name(i: usize) -> String {
+    if i == 0 {
+        "/nix-store.squashfs".into()
+    } else {
+        format!("/nix-store-{i}.squashfs")
+    }
 }
 
 /// Whether `dir` holds nothing but what a tree holds (so replacing it
@@ -120,6 +133,16 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
             false
         }
     };
+    // Known before anything is compressed: the NAR sizes bound the images.
+    closure.check_present(opts.root)?;
+    let parts = squashfs::split(closure, opts.part_limit)?;
+    if parts.len() > 1 && !opts.squashfs.quiet {
+        eprintln!(
+            "mkkexec: the store is split into {} squashfs images (a newc cpio holds files up \
+             to 4 GiB)",
+            parts.len()
+        );
+    }
     if out.exists() {
         if !out.is_dir() {
             bail!("{out} exists and is not a directory; remove it or choose another --output");
@@ -132,7 +155,15 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
         }
     }
     let tmp = TempDir::beside(out)?;
-    build_in(closure, tmp.path(), opts, &toplevel.to_string(), ipxe).map_err(|e| {
+    build_in(
+        closure,
+        tmp.path(),
+        opts,
+        &toplevel.to_string(),
+        ipxe,
+        &parts,
+    )
+    .map_err(|e| {
         // Said of the tree, not of the temporary directory it is built in
         // (a full disk would name `.tree.tmp-…/initrd.gz`).
         anyhow::anyhow!(crate::report(&e).replace(tmp.path().as_str(), out.as_str()))
@@ -165,21 +196,21 @@ fn build_in(
     opts: &TreeOptions,
     toplevel: &str,
     ipxe: bool,
+    parts: &[Vec<usize>],
 ) -> Result<()> {
-    let img = dir.join("nix-store.squashfs");
-    squashfs::build(closure, opts.root, &img, &opts.squashfs)?;
+    let mut files = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let dest = part_name(i);
+        let img = dir.join(dest.trim_start_matches('/'));
+        squashfs::build_part(closure, opts.root, &img, &opts.squashfs, part, i == 0)?;
+        files.push(FileSpec { src: img, dest });
+    }
 
     let initrd_path = dir.join("initrd.gz");
-    initrd::build(
-        &initrd_path,
-        opts.prepend_initrd,
-        &[FileSpec {
-            src: img.clone(),
-            dest: "/nix-store.squashfs".into(),
-        }],
-        &opts.initrd,
-    )?;
-    std::fs::remove_file(&img).with_context(|| format!("cannot remove {img}"))?;
+    initrd::build(&initrd_path, opts.prepend_initrd, &files, &opts.initrd)?;
+    for f in &files {
+        std::fs::remove_file(&f.src).with_context(|| format!("cannot remove {}", f.src))?;
+    }
 
     let kernel = std::fs::read(opts.kernel)
         .with_context(|| format!("cannot read kernel {}", opts.kernel))?;

@@ -166,6 +166,11 @@ pub enum Command {
         initrd: InitrdArgs,
         #[command(flatten)]
         tools: ToolArgs,
+        /// Test-only: the largest squashfs image one part of the store may
+        /// make, in bytes (default: 4 GiB - 1, the newc limit), so that a
+        /// small store splits in tests.
+        #[arg(long, hide = true)]
+        test_part_limit: Option<u64>,
     },
     /// Render kexec-boot (or netboot.ipxe) for an existing initrd.
     #[command(

@@ -77,6 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
             squashfs,
             initrd,
             tools,
+            test_part_limit,
         } => {
             let opts = tree::TreeOptions {
                 root: &closure.root,
@@ -87,6 +88,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 squashfs: squashfs_opts(squashfs, &cli)?,
                 initrd: initrd_opts(initrd, &cli)?,
                 tools: bundled(tools),
+                part_limit: test_part_limit.unwrap_or(crate::squashfs::NEWC_LIMIT),
             };
             tree::build(&load(closure)?, output, &opts)?;
         }

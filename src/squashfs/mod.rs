@@ -33,6 +33,7 @@ pub use codec::{Codec, DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
 use crate::nix::closure::Closure;
 use crate::nix::nar::{self, NarStream};
+use crate::nix::registration::PathInfo;
 use crate::output::AtomicFile;
 use crate::progress::{Counters, Progress, mib};
 
@@ -276,11 +277,12 @@ impl Walker {
 /// is hashed again from disk.
 fn check_nar_hashes(
     closure: &Closure,
+    infos: &[&PathInfo],
     root: &Utf8Path,
     nars: Vec<Arc<Mutex<NarStream>>>,
 ) -> Result<()> {
     let mut wrong = Vec::new();
-    for (info, stream) in closure.paths.iter().zip(nars) {
+    for (info, stream) in infos.iter().zip(nars) {
         let stream = std::mem::take(&mut *lock(&stream));
         let (hash, size) = match stream.finish() {
             Some(h) => h,
@@ -319,11 +321,82 @@ fn check_nar_hashes(
     Ok(())
 }
 
+/// The largest file a newc cpio holds (its size field is 32 bits): each
+/// image of a split store stays at or below it.
+pub const NEWC_LIMIT: u64 = u32::MAX as u64;
+
+/// What an image holds besides its store paths, at most: the superblock,
+/// compression options, the id, fragment and lookup tables, the root
+/// directory and the padding to 4 KiB.
+const IMAGE_FIXED: u64 = 8192;
+
+/// At most what one store path adds to an image beyond its NAR size. Data
+/// blocks and metadata blocks are stored as is when compression does not
+/// shrink them, so no byte of input grows; each inode, directory entry and
+/// block-list word has a larger counterpart in the NAR (whose every token is
+/// at least 16 bytes), except the path's own entry in the root directory
+/// (up to 12 + 8 + 211 bytes for the name) and the 4-byte block-list words
+/// and 2-byte metadata headers, which the 1/64 slack covers.
+fn path_bound(nar_size: u64) -> u64 {
+    nar_size.saturating_add(nar_size / 64).saturating_add(512)
+}
+
+/// Split `closure` into parts whose images are each at most `limit` bytes,
+/// by an upper bound on each image known before compressing (the
+/// fixed part, the registration, each path's NAR size and a margin): the store paths in sorted order, each part filled greedily,
+/// the first one carrying `nix-path-registration`. The same closure and limit
+/// always give the same parts. Each part is a list of indices into
+/// `closure.paths`. Fails, naming the path, when one store path alone cannot
+/// fit.
+pub fn split(closure: &Closure, limit: u64) -> Result<Vec<Vec<usize>>> {
+    let registration = closure.registration().len() as u64;
+    let mut parts: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut size = IMAGE_FIXED.saturating_add(registration);
+    for (i, info) in closure.paths.iter().enumerate() {
+        let add = path_bound(info.nar_size);
+        let fits = |size: u64| size.saturating_add(add) <= limit;
+        let empty = parts.last().is_none_or(Vec::is_empty);
+        if !fits(size) && !empty {
+            parts.push(Vec::new());
+            size = IMAGE_FIXED;
+        }
+        if !fits(size) {
+            bail!(
+                "{} ({} bytes as a NAR) cannot fit one squashfs image of at most {limit} bytes \
+                 (a newc cpio holds files up to 4 GiB; its image may take up to {} bytes); \
+                 a store path this large cannot be packed into an initrd",
+                info.path,
+                info.nar_size,
+                size.saturating_add(add)
+            );
+        }
+        size += add;
+        if let Some(part) = parts.last_mut() {
+            part.push(i);
+        }
+    }
+    Ok(parts)
+}
+
 /// Build the image of `closure`, whose store lies below `root`, at `output`.
 pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Options) -> Result<()> {
     closure.check_present(root)?;
+    let all: Vec<usize> = (0..closure.paths.len()).collect();
+    build_part(closure, root, output, opts, &all, true)
+}
 
-    let registration = closure.registration().into_bytes();
+/// Build the image of the store paths of `closure` numbered `part` at
+/// `output`, with `nix-path-registration` (of the whole closure) when
+/// `registration`.
+pub fn build_part(
+    closure: &Closure,
+    root: &Utf8Path,
+    output: &Utf8Path,
+    opts: &Options,
+    part: &[usize],
+    registration: bool,
+) -> Result<()> {
+    let infos: Vec<&PathInfo> = part.iter().filter_map(|&i| closure.paths.get(i)).collect();
 
     let counters = Arc::new(Counters::default());
     let mut fs = FilesystemWriter::default();
@@ -343,12 +416,15 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
         nar: Arc::default(),
     };
 
-    let reg_name = Path::new("nix-path-registration");
-    w.fs.push_file(io::Cursor::new(registration), reg_name, header(0o644))
-        .map_err(backhand_error)
-        .context("cannot add nix-path-registration")?;
-    let mut nars = Vec::with_capacity(closure.paths.len());
-    for info in &closure.paths {
+    if registration {
+        let reg_name = Path::new("nix-path-registration");
+        let registration = closure.registration().into_bytes();
+        w.fs.push_file(io::Cursor::new(registration), reg_name, header(0o644))
+            .map_err(backhand_error)
+            .context("cannot add nix-path-registration")?;
+    }
+    let mut nars = Vec::with_capacity(infos.len());
+    for info in &infos {
         let src = closure.source(root, &info.path);
         w.nar = Arc::default();
         nar::archive_start(lock(&w.nar).tokens());
@@ -368,18 +444,82 @@ pub fn build(closure: &Closure, root: &Utf8Path, output: &Utf8Path, opts: &Optio
     out.truncate(len)?;
     drop(progress);
     drop(fs);
-    check_nar_hashes(closure, root, nars)?;
+    check_nar_hashes(closure, &infos, root, nars)?;
     out.commit()?;
     if !opts.quiet {
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         eprintln!(
             "squashfs: {} store paths, {} files, {} → {} \
 ",
-            closure.paths.len(),
+            infos.len(),
             stats.files,
             mib(stats.bytes),
             mib(size)
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::hash::NixHash;
+    use crate::nix::store_path::StorePath;
+
+    const H: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+
+    /// A closure of paths named by their NAR sizes, given in a scrambled
+    /// order (the closure sorts them).
+    fn closure(sizes: &[u64]) -> Closure {
+        let paths = sizes
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, &size)| PathInfo {
+                path: StorePath::from_absolute_path(&format!("/nix/store/{i:032}-p{size}"))
+                    .expect("store path"),
+                nar_hash: NixHash::parse_nar(H).expect("hash"),
+                nar_size: size,
+                deriver: None,
+                references: Vec::new(),
+            })
+            .collect();
+        Closure::new(paths).expect("closure")
+    }
+
+    fn reg(c: &Closure) -> u64 {
+        c.registration().len() as u64
+    }
+
+    #[test]
+    fn one_part_when_the_store_fits() {
+        let c = closure(&[1000, 2000, 3000]);
+        assert_eq!(split(&c, NEWC_LIMIT).expect("split"), [vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn split_greedily_in_sorted_order_and_registration_in_the_first() {
+        let c = closure(&[100_000, 100_000, 100_000, 100_000, 100_000]);
+        // Room for two paths beside the registration, then for two more.
+        let limit = IMAGE_FIXED + reg(&c) + 2 * path_bound(100_000);
+        let parts = split(&c, limit).expect("split");
+        assert_eq!(parts, [vec![0, 1], vec![2, 3], vec![4]]);
+        // The same closure, the same parts.
+        assert_eq!(split(&c, limit).expect("split"), parts);
+        // The registration counts in the first part only: one byte less and
+        // the first part holds one path.
+        let parts = split(&c, limit - 1).expect("split");
+        assert_eq!(parts, [vec![0], vec![1, 2], vec![3, 4]]);
+    }
+
+    #[test]
+    fn a_path_too_large_for_one_image_is_refused_before_compressing() {
+        let c = closure(&[1000, 5 << 30, 1000]);
+        let e = split(&c, NEWC_LIMIT).expect_err("too large");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("-p5368709120 (5368709120 bytes as a NAR) cannot fit one squashfs image"),
+            "{msg}"
+        );
+    }
 }

@@ -86,6 +86,21 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// Add a store path that is one file holding `contents`, referring to
+    /// nothing, and register the store again.
+    pub fn add_file_path(&mut self, name: &str, contents: &[u8]) -> String {
+        let p = base(name);
+        write(
+            self.root.join("nix/store").join(&p).as_std_path(),
+            contents,
+            0o444,
+        );
+        self.paths.push(p.clone());
+        self.refs.push((p.clone(), Vec::new()));
+        self.register();
+        p
+    }
+
     /// Write the registration again, with the NAR hashes of the store as it
     /// is now: for a test that changes the store on purpose.
     pub fn register(&self) {

@@ -496,3 +496,191 @@ fn installer_tarball_runs_as_nixos_anywhere_runs_it() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The fixture's tree with its store split by the test-only limit.
+fn build_split_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path, limit: u64) -> String {
+    let kernel = dir.join("vmlinuz");
+    let s1 = dir.join("stage1.gz");
+    if !s1.exists() {
+        std::fs::write(&kernel, "not really a kernel").expect("write");
+        stage1_gz(dir);
+    }
+    let o = mkkexec()
+        .args(["tree", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .args(["--toplevel", &f.toplevel, "--kernel"])
+        .arg(&kernel)
+        .arg("--prepend-initrd")
+        .arg(&s1)
+        .args(["--squashfs-level", "3", "--test-part-limit"])
+        .arg(limit.to_string())
+        .arg("--output")
+        .arg(out)
+        .output()
+        .expect("run mkkexec");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+/// The files of the cpio after the stage 1 in `tree`'s initrd, extracted
+/// into `x`.
+fn extract_store(dir: &Utf8Path, tree: &Utf8Path, x: &Utf8Path) {
+    let s1 = std::fs::read(dir.join("stage1.gz")).expect("read");
+    let initrd = std::fs::read(tree.join("initrd.gz")).expect("read");
+    let start = s1.len().div_ceil(4) * 4;
+    std::fs::create_dir(x).expect("mkdir");
+    std::fs::write(dir.join("tail"), &initrd[start..]).expect("write");
+    sh(&format!("cd {x} && zstd -dc {dir}/tail | cpio -id --quiet"));
+}
+
+/// The fixture with two more large store paths, so that a limit just above
+/// its largest path (`data`, 21 MB as a NAR) keeps the three apart.
+fn three_part_fixture(dir: &Utf8Path) -> Fixture {
+    let mut f = fixture(dir);
+    f.add_file_path("big-a", &noise(15_000_000, 7));
+    f.add_file_path("big-b", &noise(15_000_000, 8));
+    f
+}
+
+/// Three parts: no two of the three large paths fit one 22 MB image.
+const THREE_PART_LIMIT: u64 = 22_000_000;
+
+#[test]
+fn tree_splits_a_store_past_the_limit_into_parts_deterministically() {
+    let (_t, dir) = tempdir();
+    let f = three_part_fixture(&dir);
+    let out = dir.join("tree");
+    let err = build_split_tree(&f, &dir, &out, THREE_PART_LIMIT);
+    assert!(
+        err.contains("the store is split into 3 squashfs images"),
+        "{err}"
+    );
+    let x = dir.join("x");
+    extract_store(&dir, &out, &x);
+    let mut names: Vec<_> = std::fs::read_dir(&x)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nix-store-1.squashfs",
+            "nix-store-2.squashfs",
+            "nix-store.squashfs"
+        ]
+    );
+    // Each image is within the limit its bound promised.
+    for n in &names {
+        let size = std::fs::metadata(x.join(n)).expect("stat").len();
+        assert!(size <= THREE_PART_LIMIT, "{n}: {size} bytes");
+    }
+
+    // Every store path in exactly one part, the registration in the first,
+    // and together the listing of the store as one image.
+    let parts: Vec<String> = [
+        "nix-store.squashfs",
+        "nix-store-1.squashfs",
+        "nix-store-2.squashfs",
+    ]
+    .iter()
+    .map(|n| listing(&x.join(n)))
+    .collect();
+    let top = |l: &str| -> Vec<String> {
+        l.lines()
+            .filter_map(|l| l.split_once(" R/").map(|(_, n)| n.to_owned()))
+            // A symlink's line names its target after " -> ".
+            .map(|n| n.split(" -> ").next().unwrap_or_default().to_owned())
+            .filter(|n| !n.contains('/'))
+            .collect()
+    };
+    assert!(top(&parts[0]).contains(&"nix-path-registration".to_owned()));
+    assert!(!top(&parts[1]).contains(&"nix-path-registration".to_owned()));
+    assert!(!top(&parts[2]).contains(&"nix-path-registration".to_owned()));
+    let mut tops: Vec<String> = parts.iter().flat_map(|l| top(l)).collect();
+    tops.sort();
+    let mut want: Vec<String> = f.paths.clone();
+    want.push("nix-path-registration".into());
+    want.sort();
+    assert_eq!(tops, want);
+    for p in &parts {
+        assert!(!top(p).is_empty(), "an empty part");
+    }
+    let alone = dir.join("alone.img");
+    ok(mkkexec()
+        .args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .arg("-o")
+        .arg(&alone));
+    let mut union: Vec<&str> = parts.iter().flat_map(|l| l.lines()).collect();
+    union.sort();
+    let one = listing(&alone);
+    let mut one: Vec<&str> = one.lines().collect();
+    one.sort();
+    assert_eq!(union, one);
+    // The registration covers every path: it is the one image's.
+    let cat = |img: &Utf8Path| {
+        let o = Command::new("unsquashfs")
+            .args(["-cat"])
+            .arg(img)
+            .arg("nix-path-registration")
+            .output()
+            .expect("run unsquashfs");
+        assert!(o.status.success());
+        o.stdout
+    };
+    let reg = cat(&x.join("nix-store.squashfs"));
+    assert_eq!(reg, cat(&alone));
+    assert_eq!(
+        String::from_utf8_lossy(&reg).matches("\nsha256:").count(),
+        f.paths.len()
+    );
+
+    // Built again: the same split, the same bytes.
+    let again = dir.join("again");
+    build_split_tree(&f, &dir, &again, THREE_PART_LIMIT);
+    for n in ["initrd.gz", "kexec-boot"] {
+        assert!(
+            std::fs::read(out.join(n)).expect("read")
+                == std::fs::read(again.join(n)).expect("read"),
+            "{n} differs between two builds"
+        );
+    }
+}
+
+#[test]
+fn tree_refuses_a_store_path_past_the_limit_before_compressing() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let out = dir.join("tree");
+    std::fs::write(dir.join("vmlinuz"), "not really a kernel").expect("write");
+    let s1 = stage1_gz(&dir);
+    let err = fails(
+        mkkexec()
+            .args(["tree", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .args(["--toplevel", &f.toplevel, "--kernel"])
+            .arg(dir.join("vmlinuz"))
+            .arg("--prepend-initrd")
+            .arg(&s1)
+            .args(["--test-part-limit", "1000000", "--output"])
+            .arg(&out),
+    );
+    assert!(
+        err.contains(
+            "-data (21057152 bytes as a NAR) cannot fit one squashfs image of at most \
+             1000000 bytes"
+        ),
+        "{err}"
+    );
+    // Nothing was compressed: no progress line, no tree.
+    assert!(!err.contains("squashfs:"), "{err}");
+    assert!(!out.exists());
+}
