@@ -4,6 +4,8 @@
 //!   system) for every squashfs × initrd compression pair: a stage-1 stand-in
 //!   loop-mounts /nix-store.squashfs under an overlay and switch_roots into
 //!   the fixture's init, which checks the store and prints a marker.
+//! - A store split into three parts (the test-only limit): the stand-in
+//!   mounts each /nix-store*.squashfs as one more overlay lower layer.
 //! - The kexec hop: a "foreign host" VM runs the tarball's
 //!   /nixos-kexec/bin/nixos-kexec; the second kernel must print the marker.
 //!   And two hops that must be refused, with the host staying up.
@@ -574,4 +576,68 @@ fn kexec_hop_memory_model_refuses_below_the_measured_minimum() {
 fn kexec_hop_memory_model_boots_at_what_it_asks() {
     let log = pinned_hop("pin-asks", PIN_ASKS);
     assert_hopped("pin-asks", &log);
+}
+
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn boot_a_store_split_into_three_parts() {
+    // The fixture system's store, copied below a root of its own with one
+    // more path (7 MB, sorted after busybox), so that the test-only limit
+    // splits it: [busybox], [padding, the system, single-file.sh], [data].
+    let args = nix_args("[ ]", "zstd", "zstd");
+    let json = build_fixture("closureJson", &args);
+    let toplevel = build_fixture("toplevel", &args);
+    let dir = work_dir("split-store");
+    let root = dir.join("root");
+    let store = root.join("nix/store");
+    std::fs::create_dir_all(&store).expect("mkdir");
+    let mut closure: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    let paths = closure["closure"].as_array_mut().expect("closure");
+    for p in paths.iter() {
+        let p = p["path"].as_str().expect("path");
+        sh(&format!("cp -a {p} {store}/"));
+    }
+    let padding = store.join("55555555555555555555555555555555-padding");
+    std::fs::write(&padding, noise(7_000_000, 9)).expect("write");
+    let (hash, size) = nar_hash(&padding);
+    paths.push(serde_json::json!({
+        "path": "/nix/store/55555555555555555555555555555555-padding",
+        "narHash": hash,
+        "narSize": size,
+        "references": [],
+    }));
+    let closure_file = dir.join("closure.json");
+    std::fs::write(&closure_file, closure.to_string()).expect("write");
+
+    let tree = dir.join("tree");
+    let o = mkkexec()
+        .args(["tree", "--closure"])
+        .arg(&closure_file)
+        .arg("--root")
+        .arg(&root)
+        .args(["--toplevel", toplevel.as_str(), "--kernel"])
+        .arg(kernel_dir().join("vmlinuz"))
+        .arg("--prepend-initrd")
+        .arg(stage1())
+        .args(["--squashfs-level", "3", "--test-part-limit", "7200000"])
+        .arg("--output")
+        .arg(&tree)
+        .output()
+        .expect("run mkkexec");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("the store is split into 3 squashfs images"),
+        "{err}"
+    );
+    let log = qemu(
+        "split-store",
+        &tree.join("bzImage"),
+        &tree.join("initrd.gz"),
+        &format!("console=ttyS0 panic=-1 quiet init={toplevel}/init"),
+        1024,
+    );
+    assert!(log.contains("STAGE1-STORE-PARTS 3\n"), "{}", tail(&log));
+    assert_booted("split-store", &log);
 }
