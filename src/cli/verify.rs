@@ -4,7 +4,9 @@
 //! exactly that closure. One line per problem on stdout, exit 1.
 //!
 //! The image is a squashfs, an initrd holding `nix-store.squashfs`, or a
-//! kexec tree (its `initrd.gz`).
+//! kexec tree (its `initrd.gz`). A store split into parts
+//! (`nix-store-1.squashfs`, …) is checked as one: every registered path in
+//! exactly one part.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -30,22 +32,22 @@ const STORE_IN_INITRD: &str = "nix-store.squashfs";
 /// problems found.
 pub fn verify(path: &Utf8Path, closure: Option<&Closure>, out: &mut impl Write) -> Result<usize> {
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {path}"))?;
-    let (image, _tmp) = if meta.is_dir() {
+    let (images, _tmp) = if meta.is_dir() {
         let initrd = path.join("initrd.gz");
         if !initrd.is_file() {
             bail!(
                 "{path} is a directory without initrd.gz: pass a kexec tree, an initrd or a squashfs image"
             );
         }
-        let (img, tmp) = squashfs_of_initrd(&initrd)?;
-        (img, Some(tmp))
+        let (imgs, tmp) = squashfs_of_initrd(&initrd)?;
+        (imgs, Some(tmp))
     } else if is_squashfs(path)? {
-        (path.to_owned(), None)
+        (vec![path.to_owned()], None)
     } else {
-        let (img, tmp) = squashfs_of_initrd(path)?;
-        (img, Some(tmp))
+        let (imgs, tmp) = squashfs_of_initrd(path)?;
+        (imgs, Some(tmp))
     };
-    let problems = check_image(&image, closure)?;
+    let problems = check_image(&images, closure)?;
     for p in &problems {
         writeln!(out, "{p}")?;
     }
@@ -61,8 +63,10 @@ fn is_squashfs(path: &Utf8Path) -> Result<bool> {
     Ok(&magic[..n] == b"hsqs")
 }
 
-/// The store image inside an initrd, copied out into a temporary directory.
-fn squashfs_of_initrd(path: &Utf8Path) -> Result<(Utf8PathBuf, tempfile::TempDir)> {
+/// The store images inside an initrd (`nix-store.squashfs`, then the parts
+/// of a split store, `nix-store-1.squashfs`, …), copied out into a temporary
+/// directory.
+fn squashfs_of_initrd(path: &Utf8Path) -> Result<(Vec<Utf8PathBuf>, tempfile::TempDir)> {
     let tmp = tempfile::Builder::new()
         .prefix("mkkexec-verify")
         .tempdir()
@@ -78,17 +82,33 @@ fn squashfs_of_initrd(path: &Utf8Path) -> Result<(Utf8PathBuf, tempfile::TempDir
              nixpkgs' netboot), or not an initrd at all"
         );
     }
-    Ok((img, tmp))
+    let mut imgs = vec![img];
+    for i in 1.. {
+        let name = format!("nix-store-{i}.squashfs");
+        let part = imgs[0].with_file_name(&name);
+        let mut f = File::create(&part).with_context(|| format!("cannot create {part}"))?;
+        if !initrd::extract(path, &name, &mut f)? {
+            break;
+        }
+        imgs.push(part);
+    }
+    Ok((imgs, tmp))
 }
 
-/// What the image holds at its top: store paths and the registration.
-fn check_image(img: &Utf8Path, closure: Option<&Closure>) -> Result<Vec<String>> {
+fn open_image(img: &Utf8Path) -> Result<FilesystemReader<'static>> {
     let f = BufReader::new(File::open(img).with_context(|| format!("cannot open {img}"))?);
-    let fs = FilesystemReader::from_reader(f).map_err(|e| {
+    FilesystemReader::from_reader(f).map_err(|e| {
         anyhow::anyhow!(
             "{img} is not a squashfs image mkkexec can read ({e}); build or copy it again"
         )
-    })?;
+    })
+}
+
+/// What the images hold at their top: store paths and, in the first, the
+/// registration.
+fn check_image(imgs: &[Utf8PathBuf], closure: Option<&Closure>) -> Result<Vec<String>> {
+    let first = imgs.first().context("no image to verify")?;
+    let fs = open_image(first)?;
     let mut problems = Vec::new();
 
     // The registration, from the image.
@@ -141,40 +161,12 @@ fn check_image(img: &Utf8Path, closure: Option<&Closure>) -> Result<Vec<String>>
         }
     }
 
-    // Each store path in the image, hashed as a NAR from the image.
+    // Each store path in the images, hashed as a NAR from its image.
     let mut seen = BTreeSet::new();
-    let nodes: Vec<&Node<SquashfsFileReader>> = fs.files().collect();
-    let mut i = 0;
-    while i < nodes.len() {
-        let Some(top) = top_name(&nodes[i].fullpath) else {
-            i += 1; // the root
-            continue;
-        };
-        let end = nodes[i..]
-            .iter()
-            .position(|n| top_name(&n.fullpath).as_deref() != Some(top.as_str()))
-            .map_or(nodes.len(), |k| i + k);
-        let group = &nodes[i..end];
-        i = end;
-        if top == REGISTRATION {
-            continue;
-        }
-        let Some(info) = registered.get(&top) else {
-            problems.push(format!("/{top}: in the image, not in its registration"));
-            continue;
-        };
-        seen.insert(top.clone());
-        match nar_of(&fs, group) {
-            Ok((hash, size)) => {
-                if hash != info.nar_hash || size != info.nar_size {
-                    problems.push(format!(
-                        "{}: its contents hash to {hash} ({size} bytes as a NAR), the registration says {} ({} bytes)",
-                        info.path, info.nar_hash, info.nar_size
-                    ));
-                }
-            }
-            Err(e) => problems.push(format!("{}: {e}", info.path)),
-        }
+    drop(fs);
+    for (part, img) in imgs.iter().enumerate() {
+        let fs = open_image(img)?;
+        check_paths(&fs, part, &registered, &mut seen, &mut problems);
     }
     for (name, info) in &registered {
         if !seen.contains(name) {
@@ -218,6 +210,56 @@ fn check_image(img: &Utf8Path, closure: Option<&Closure>) -> Result<Vec<String>>
         }
     }
     Ok(problems)
+}
+
+/// Hash each store path of one part of the store (`part`, 0 for the one
+/// holding the registration) against the registration.
+fn check_paths(
+    fs: &FilesystemReader,
+    part: usize,
+    registered: &BTreeMap<String, &PathInfo>,
+    seen: &mut BTreeSet<String>,
+    problems: &mut Vec<String>,
+) {
+    let nodes: Vec<&Node<SquashfsFileReader>> = fs.files().collect();
+    let mut i = 0;
+    while i < nodes.len() {
+        let Some(top) = top_name(&nodes[i].fullpath) else {
+            i += 1; // the root
+            continue;
+        };
+        let end = nodes[i..]
+            .iter()
+            .position(|n| top_name(&n.fullpath).as_deref() != Some(top.as_str()))
+            .map_or(nodes.len(), |k| i + k);
+        let group = &nodes[i..end];
+        i = end;
+        if top == REGISTRATION {
+            if part > 0 {
+                problems.push(format!("/{REGISTRATION}: also in part {part} of the store"));
+            }
+            continue;
+        }
+        let Some(info) = registered.get(&top) else {
+            problems.push(format!("/{top}: in the image, not in its registration"));
+            continue;
+        };
+        if !seen.insert(top.clone()) {
+            problems.push(format!("{}: in two parts of the store", info.path));
+            continue;
+        }
+        match nar_of(fs, group) {
+            Ok((hash, size)) => {
+                if hash != info.nar_hash || size != info.nar_size {
+                    problems.push(format!(
+                        "{}: its contents hash to {hash} ({size} bytes as a NAR), the registration says {} ({} bytes)",
+                        info.path, info.nar_hash, info.nar_size
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", info.path)),
+        }
+    }
 }
 
 /// The first component below the root, as text.

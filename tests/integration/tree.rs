@@ -641,6 +641,13 @@ fn tree_splits_a_store_past_the_limit_into_parts_deterministically() {
         f.paths.len()
     );
 
+    // `verify` reads every part: each path once, with its NAR hash.
+    let v = ok(mkkexec()
+        .args(["verify", "--closure"])
+        .arg(&f.registration)
+        .arg(&out));
+    assert!(!v.contains("not in the image"), "{v}");
+
     // Built again: the same split, the same bytes.
     let again = dir.join("again");
     build_split_tree(&f, &dir, &again, THREE_PART_LIMIT);
