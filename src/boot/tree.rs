@@ -3,6 +3,7 @@
 //! ```text
 //! DIR/bzImage       the kernel
 //! DIR/initrd.gz     stage 1 (prepended as is) + a cpio with /nix-store.squashfs
+//!                   (and, split with --split-store past 4 GiB, /nix-store-1.squashfs, …)
 //! DIR/kexec-boot    the script that loads both and jumps
 //! DIR/netboot.ipxe  the same boot for iPXE
 //! DIR/bin/nixos-kexec  runs ../kexec-boot (so a Nix package's result/bin works)
@@ -57,6 +58,8 @@ pub struct TreeOptions<'a> {
     /// The largest image one part of the store may make:
     /// [`squashfs::NEWC_LIMIT`], or less in tests.
     pub part_limit: u64,
+    /// Whether a store past the limit may be split into several images.
+    pub split_store: bool,
 }
 
 /// The name in the initrd of part `i` of the store: `/nix-store.squashfs`
@@ -136,6 +139,15 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     // Known before anything is compressed: the NAR sizes bound the images.
     closure.check_present(opts.root)?;
     let parts = squashfs::split(closure, opts.part_limit)?;
+    if parts.len() > 1 && !opts.split_store {
+        bail!(
+            "the store needs {} squashfs images: a newc cpio holds files up to 4 GiB. Pass \
+             --split-store when the system's stage 1 mounts every /nix-store*.squashfs as a \
+             lower layer of the /nix/store overlay (the NixOS module does not yet: its stage 1 \
+             would mount the first part only); nothing was compressed",
+            parts.len()
+        );
+    }
     if parts.len() > 1 && !opts.squashfs.quiet {
         eprintln!(
             "mkkexec: the store is split into {} squashfs images (a newc cpio holds files up \

@@ -166,6 +166,11 @@ pub enum Command {
         initrd: InitrdArgs,
         #[command(flatten)]
         tools: ToolArgs,
+        /// Split a store past 4 GiB (the newc limit) into several images,
+        /// /nix-store.squashfs, /nix-store-1.squashfs, …; the stage 1 must
+        /// mount them all as lower layers of the /nix/store overlay.
+        #[arg(long)]
+        split_store: bool,
         /// Test-only: the largest squashfs image one part of the store may
         /// make, in bytes (default: 4 GiB - 1, the newc limit), so that a
         /// small store splits in tests.

@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
             initrd,
             tools,
             test_part_limit,
+            split_store,
         } => {
             let opts = tree::TreeOptions {
                 root: &closure.root,
@@ -89,6 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 initrd: initrd_opts(initrd, &cli)?,
                 tools: bundled(tools),
                 part_limit: test_part_limit.unwrap_or(crate::squashfs::NEWC_LIMIT),
+                split_store: *split_store,
             };
             tree::build(&load(closure)?, output, &opts)?;
         }

@@ -620,7 +620,13 @@ fn boot_a_store_split_into_three_parts() {
         .arg(kernel_dir().join("vmlinuz"))
         .arg("--prepend-initrd")
         .arg(stage1())
-        .args(["--squashfs-level", "3", "--test-part-limit", "7200000"])
+        .args([
+            "--squashfs-level",
+            "3",
+            "--split-store",
+            "--test-part-limit",
+            "7200000",
+        ])
         .arg("--output")
         .arg(&tree)
         .output()

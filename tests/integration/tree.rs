@@ -514,7 +514,12 @@ fn build_split_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path, limit: u64) -> 
         .arg(&kernel)
         .arg("--prepend-initrd")
         .arg(&s1)
-        .args(["--squashfs-level", "3", "--test-part-limit"])
+        .args([
+            "--squashfs-level",
+            "3",
+            "--split-store",
+            "--test-part-limit",
+        ])
         .arg(limit.to_string())
         .arg("--output")
         .arg(out)
@@ -688,6 +693,38 @@ fn tree_refuses_a_store_path_past_the_limit_before_compressing() {
         "{err}"
     );
     // Nothing was compressed: no progress line, no tree.
+    assert!(!err.contains("squashfs:"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn tree_splits_the_store_only_when_asked() {
+    let (_t, dir) = tempdir();
+    let f = three_part_fixture(&dir);
+    let out = dir.join("tree");
+    std::fs::write(dir.join("vmlinuz"), "not really a kernel").expect("write");
+    let s1 = stage1_gz(&dir);
+    let err = fails(
+        mkkexec()
+            .args(["tree", "--closure"])
+            .arg(&f.registration)
+            .arg("--root")
+            .arg(&f.root)
+            .args(["--toplevel", &f.toplevel, "--kernel"])
+            .arg(dir.join("vmlinuz"))
+            .arg("--prepend-initrd")
+            .arg(&s1)
+            .args([
+                "--test-part-limit",
+                &THREE_PART_LIMIT.to_string(),
+                "--output",
+            ])
+            .arg(&out),
+    );
+    assert!(
+        err.contains("the store needs 3 squashfs images") && err.contains("--split-store"),
+        "{err}"
+    );
     assert!(!err.contains("squashfs:"), "{err}");
     assert!(!out.exists());
 }
