@@ -22,6 +22,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +51,10 @@ fn settings(codec: &Codec) -> Vec<u8> {
 #[derive(Debug)]
 pub struct BlockCache {
     dir: PathBuf,
+    /// `dir`'s permissions, given to the directories made in it: a cache
+    /// shared by the Nix build users is group-writable (and setgid), which
+    /// the umask would take from a new directory.
+    dir_mode: u32,
     settings: Vec<u8>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -67,8 +72,14 @@ impl BlockCache {
                 dir.display()
             )
         })?;
+        let dir_mode = fs::metadata(dir)
+            .with_context(|| format!("cannot stat the block cache {}", dir.display()))?
+            .permissions()
+            .mode()
+            & 0o7777;
         Ok(BlockCache {
             dir: dir.to_owned(),
+            dir_mode,
             settings: settings(codec),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -134,7 +145,11 @@ impl BlockCache {
         e.extend_from_slice(&Sha256::digest(body));
         e.extend_from_slice(body);
         let parent = path.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent)?;
+        match fs::create_dir(parent) {
+            Ok(()) => fs::set_permissions(parent, fs::Permissions::from_mode(self.dir_mode))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
         let tmp = parent.join(format!(
             ".tmp-{}-{}",
             std::process::id(),

@@ -743,6 +743,26 @@ fn squashfs_cache_replaces_damaged_entries() {
     let args = ["--squashfs-level", "3", "--cache", cache.as_str()];
     build(&f, &dir.join("a.img"), &args);
     let before = entries(&cache);
+    // A cache shared by the Nix build users: what is made in it keeps its
+    // group-writable, setgid mode, whatever the umask.
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o2770),
+    )
+    .expect("chmod");
+    build(
+        &f,
+        &dir.join("s.img"),
+        &["--squashfs-level", "3", "--cache", shared.as_str()],
+    );
+    for sub in std::fs::read_dir(&shared).expect("shared") {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &sub.expect("sub").metadata().expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o2770);
+    }
     let mut it = before.keys();
     let (Some(truncated), Some(flipped), Some(emptied)) = (it.next(), it.next(), it.next()) else {
         panic!("fewer than 3 cache entries: {before:?}");
