@@ -65,6 +65,9 @@ let
     ]
     ++ optionalArgs "--${kind}-level" (args."${kind}Level" or null);
 
+  # --cache: the block cache a sandboxed build may write (nixosKexec.cacheDir).
+  cacheArgs = args: optionalArgs "--cache" (args.squashfsCache or null);
+
   kernelParamArgs = map (p: "--kernel-param=${p}");
 
   # Static tools for the old host: --kexec and --ip, or nothing.
@@ -86,7 +89,8 @@ in
         "--closure"
         ".attrs.json"
       ]
-      ++ compressionArgs "squashfs" args;
+      ++ compressionArgs "squashfs" args
+      ++ cacheArgs args;
     };
 
   # <out>/initrd: the stage-1 initrd followed by a cpio with /nix-store.squashfs.
@@ -169,6 +173,7 @@ in
         "${initrd}"
       ]
       ++ compressionArgs "squashfs" args
+      ++ cacheArgs args
       ++ compressionArgs "initrd" args
       ++ toolArgs args
       ++ kernelParamArgs kernelParams;

@@ -156,6 +156,7 @@ let
   squashfsSettings = {
     squashfsCompression = checkedSquashfs.compression;
     squashfsLevel = checkedSquashfs.level;
+    squashfsCache = cfg.cacheDir;
   };
   initrdSettings = {
     initrdCompression = cfg.initrd.compression;
@@ -252,6 +253,26 @@ in
         example = 3;
         description = "Compression level; null takes mkkexec's default (zstd 19, gzip 9, xz 6).";
       };
+    };
+
+    cacheDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/cache/nixos-kexec";
+      description = ''
+        A directory where mkkexec keeps the compressed squashfs blocks
+        (`mkkexec --cache`) and takes them from on a rebuild, instead of
+        compressing the whole store again. The image is byte for byte the
+        one built without it. null (the default): no cache, nothing read
+        from outside the sandbox. The build is sandboxed, so expose the
+        directory as nixpkgs' ccacheStdenv does, on the machine that builds:
+        `nix.settings.extra-sandbox-paths = [ "/var/cache/nixos-kexec" ];`
+        and a directory the build users' group may write,
+        `systemd.tmpfiles.rules = [ "d /var/cache/nixos-kexec 2770 root nixbld -" ];`.
+        It grows with each new block and is never trimmed from here: empty
+        it (or delete its oldest files) when it is too big; a build
+        recompresses what is missing.
+      '';
     };
 
     kernelParams = mkOption {

@@ -7,6 +7,11 @@ Builds a store-like tree from this machine's /usr (store paths named
   squashfs xz        mkkexec --squashfs-compression xz vs mksquashfs -comp xz -Xdict-size 100%
   initrd             mkkexec initrd           vs echo img | cpio -o -H newc | zstd -19 -T0
   tree               mkkexec tree             vs mksquashfs + cpio + zstd (+ the stage 1 prepended)
+  rebuild            mkkexec tree --cache: a cold build with an empty cache, then one
+                     store path changed (the smallest, then the largest: a byte
+                     put before each of its files' bytes) and rebuilt with the warm cache,
+                     vs the nixpkgs pipeline on the changed input (it has no cache);
+                     each rebuild is checked byte-identical to one without the cache
 and prints wall time, CPU time, peak RSS and output size, each the median of
 --runs runs, with the ratios ours/theirs. Also the compression limit: the
 CPU time zstd -19 alone needs for the input (1 MiB window) divided by the cores.
@@ -142,6 +147,40 @@ def make_input(dest, size_mib):
     return store, reg
 
 
+def changed_input(d, store, reg, name, dest):
+    """A copy of the input at dest (hard links) where store path `name` is
+    changed: a byte put before each of its files' bytes (every block of it
+    changes), its registration updated."""
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    os.makedirs(dest)
+    subprocess.run(["cp", "-al", os.path.join(d, "nix"), dest], check=True)
+    path = os.path.join(dest, "nix/store", name)
+    shutil.rmtree(path)
+    subprocess.run(["cp", "-a", "--no-preserve=ownership", os.path.join(store, name), path], check=True)
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if os.path.isfile(p) and not os.path.islink(p):
+                mode = os.stat(p).st_mode
+                os.chmod(p, mode | 0o200)
+                # At the start: every block of the file changes, as in a new version.
+                with open(p, "rb") as fh:
+                    data = fh.read()
+                with open(p, "wb") as fh:
+                    fh.write(b"\n" + data)
+                os.chmod(p, mode)
+    lines = open(reg).read().split("\n")
+    h, size = nar_hash(path)
+    for i in range(0, len(lines) - 4, 5):
+        if lines[i] == f"/nix/store/{name}":
+            lines[i + 1], lines[i + 2] = h, str(size)
+    new_reg = os.path.join(dest, "registration-nar")
+    with open(new_reg, "w") as f:
+        f.write("\n".join(lines))
+    return os.path.join(dest, "nix/store"), new_reg
+
+
 def timed(cmd, out):
     """Run a shell command; return (wall s, cpu s, peak RSS MiB, output bytes)."""
     if os.path.isdir(out):
@@ -176,7 +215,7 @@ def main():
     ap.add_argument("--sizes", default="512,1024", help="input sizes in MiB (comma-separated)")
     ap.add_argument("--runs", type=int, default=1, help="runs per measurement; the median is shown")
     ap.add_argument("--work", default=os.path.join(ROOT, "target/bench"), help="scratch directory")
-    ap.add_argument("--only", default="", help="comma-separated subset: zstd,xz,initrd,tree,limit")
+    ap.add_argument("--only", default="", help="comma-separated subset: zstd,xz,initrd,tree,rebuild,limit")
     ap.add_argument("--baseline", help="another mkkexec binary to time beside this build")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -194,7 +233,7 @@ def main():
         kernel = "/bin/busybox"  # any file stands in for the kernel here
 
     mk_flags = "-no-hardlinks -keep-as-directory -all-root -b 1048576 -root-mode 0755 -quiet -no-progress"
-    rows, against = [], []
+    rows, against, notes = [], [], []
 
     def compare(name, ours, theirs, out):
         """ours (a command with {bin} and {out}) against theirs, and the baseline."""
@@ -243,6 +282,42 @@ def main():
                     f"{{bin}} -q tree --closure {reg} --root {d} --toplevel /nix/store/{sorted(os.listdir(store))[0]} "
                     f"--kernel {kernel} --prepend-initrd {stage1} -o {{out}}",
                     pipeline, lambda n: o(f"{n}-tree"))
+        if want("rebuild"):
+            cache = o("cache")
+            if os.path.exists(cache):
+                shutil.rmtree(cache)
+            top = sorted(os.listdir(store))[0]
+            tree_cmd = lambda dd, r, out, extra="": (
+                f"{mkkexec} -q tree --closure {r} --root {dd} --toplevel /nix/store/{top} "
+                f"--kernel {kernel} --prepend-initrd {stage1} -o {out}{extra}")
+            cold = timed(tree_cmd(d, reg, o("cold-cache-tree"), f" --cache {cache}"), o("cold-cache-tree"))
+            rows.append((f"{size} MiB tree cold, empty --cache", cold, None))
+            sizes = {p: du(os.path.join(store, p)) for p in os.listdir(store)}
+            for kind, name in [("small", min(sizes, key=sizes.get)), ("large", max(sizes, key=sizes.get))]:
+                cd = o(f"changed-{kind}")
+                cstore, creg = changed_input(d, store, reg, name, cd)
+                cpaths = " ".join(os.path.join(cstore, p) for p in sorted(os.listdir(cstore)))
+                shutil.copy(creg, os.path.join(cd, "nix-path-registration"))
+                cmksq = (f"mksquashfs {os.path.join(cd, 'nix-path-registration')} {cpaths} {{out}} {mk_flags} "
+                         f"-processors {cores}")
+                ref_out = os.path.join(cd, "ref-tree")
+                pipeline = (f"mkdir -p {ref_out}/in && " + cmksq.format(out=ref_out + "/in/nix-store.squashfs")
+                            + " -comp zstd -Xcompression-level 19 && "
+                            f"(cat {stage1}; cd {ref_out}/in && find . | sort | cpio -o -H newc --quiet | zstd -19 -T0 -q) "
+                            f"> {ref_out}/initrd.gz && rm -r {ref_out}/in && cp {kernel} {ref_out}/bzImage")
+                warm_out = os.path.join(cd, "warm-tree")
+                warm, ref = median_runs([(tree_cmd(cd, creg, warm_out, f" --cache {cache}"), warm_out),
+                                         (pipeline, ref_out)], args.runs)
+                rows.append((f"{size} MiB rebuild, {kind} path changed ({sizes[name] / 2**20:.1f} MiB), warm cache "
+                             f"(nixpkgs pipeline)", warm, ref))
+                plain_out = os.path.join(cd, "plain-tree")
+                timed(tree_cmd(cd, creg, plain_out), plain_out)
+                same = all(open(os.path.join(warm_out, f), "rb").read() == open(os.path.join(plain_out, f), "rb").read()
+                           for f in ["initrd.gz", "kexec-boot", "bzImage"])
+                if not same:
+                    sys.exit(f"{size} MiB rebuild ({kind}): the tree built with the cache differs from the one without")
+                notes.append(f"{size} MiB rebuild, {kind} path changed: {warm[0]:.1f} s, {warm[0] / cold[0]:.3f}x our cold "
+                             f"build ({cold[0]:.1f} s); byte-identical to the build without the cache")
         if want("limit"):
             r = timed(f"tar -C {d} -cf - nix | zstd -19 -T1 -q --zstd=wlog=20 > {o('limit.zst')}", o("limit.zst"))
             rows.append((f"{size} MiB limit: zstd-19 CPU / {cores} cores", (r[1] / cores, r[1], r[2], r[3]), None))
@@ -255,6 +330,8 @@ def main():
             continue
         print(f"| {name} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f} | {a[1]:.1f} | {b[1]:.1f} | {a[2]:.0f} | {b[2]:.0f} "
               f"| {a[2] / b[2]:.2f} | {a[3] / 1e6:.1f} | {b[3] / 1e6:.1f} | {a[3] / b[3]:.3f} |")
+    for n in notes:
+        print(f"\n{n}")
     if against:
         print(f"\nAgainst the baseline {args.baseline}:\n")
         print("| case | ours wall s | baseline wall s | wall ratio | ours RSS MiB | baseline RSS MiB | RSS ratio | size ratio |")

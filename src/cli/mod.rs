@@ -83,6 +83,12 @@ pub struct SquashfsArgs {
     /// Squashfs block size in bytes: a power of two from 4096 to 1048576.
     #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
     pub block_size: u32,
+    /// Keep compressed blocks in this directory and reuse them on a rebuild (same image bytes).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<Utf8PathBuf>,
+    /// After the build, remove the least recently used cache entries until the cache is this small.
+    #[arg(long, value_name = "N", requires = "cache")]
+    pub cache_max_bytes: Option<u64>,
 }
 
 #[derive(Args, Debug)]

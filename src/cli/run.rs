@@ -34,6 +34,8 @@ fn squashfs_opts(a: &SquashfsArgs, cli: &Cli) -> Result<squashfs::Options> {
         codec: squashfs::Codec::new(a.squashfs_compression, a.squashfs_level, a.block_size)?,
         jobs: jobs(cli),
         quiet: cli.quiet,
+        cache: a.cache.as_ref().map(|d| d.clone().into_std_path_buf()),
+        cache_max_bytes: a.cache_max_bytes,
     })
 }
 

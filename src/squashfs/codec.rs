@@ -10,6 +10,7 @@ use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
 use backhand::{BackhandError, CompressionExtra, ExtraXz, FilesystemCompressor};
 use clap::ValueEnum;
 
+use super::cache::BlockCache;
 use crate::level::Leveled;
 
 /// Compression of the squashfs blocks.
@@ -172,6 +173,51 @@ impl CompressionAction for MkCompressor {
         fs: FilesystemCompressor,
     ) -> Result<Option<Vec<u8>>, BackhandError> {
         DefaultCompressor.compression_options(sb, kind, fs)
+    }
+}
+
+/// [`MkCompressor`] behind a [`BlockCache`]: a block found there is not
+/// compressed again.
+pub struct CachedCompressor(pub std::sync::Arc<BlockCache>);
+
+impl CompressionAction for CachedCompressor {
+    type Error = BackhandError;
+    type Compressor = Compressor;
+    type FilesystemCompressor = FilesystemCompressor;
+    type SuperBlock = backhand::SuperBlock;
+
+    fn decompress(
+        &self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        c: Compressor,
+    ) -> Result<(), BackhandError> {
+        MkCompressor.decompress(bytes, out, c)
+    }
+
+    fn compress(
+        &self,
+        bytes: &[u8],
+        fs: FilesystemCompressor,
+        block_size: u32,
+    ) -> Result<Vec<u8>, BackhandError> {
+        Ok(self.0.get_or(bytes, || {
+            MkCompressor
+                .compress(bytes, fs, block_size)
+                .map_err(|e| match e {
+                    BackhandError::StdIo(io) => io,
+                    other => std::io::Error::other(other),
+                })
+        })?)
+    }
+
+    fn compression_options(
+        &self,
+        sb: &mut backhand::SuperBlock,
+        kind: &backhand::kind::Kind,
+        fs: FilesystemCompressor,
+    ) -> Result<Option<Vec<u8>>, BackhandError> {
+        MkCompressor.compression_options(sb, kind, fs)
     }
 }
 

@@ -26,9 +26,11 @@ use backhand::kind::Kind;
 use backhand::{BackhandError, FilesystemWriter, NodeHeader};
 use camino::Utf8Path;
 
+mod cache;
 mod codec;
 
-use codec::MkCompressor;
+use cache::BlockCache;
+use codec::{CachedCompressor, MkCompressor};
 pub use codec::{Codec, DEFAULT_BLOCK_SIZE, SquashfsCompression};
 
 use crate::nix::closure::Closure;
@@ -43,6 +45,10 @@ pub struct Options {
     pub codec: Codec,
     pub jobs: u32,
     pub quiet: bool,
+    /// `--cache`: compressed blocks kept here and reused.
+    pub cache: Option<PathBuf>,
+    /// `--cache-max-bytes`: the cache's size after the build.
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// A source file that failed while the image was written. backhand hands
@@ -433,7 +439,18 @@ pub fn build_part(
     }
     let Walker { mut fs, stats, .. } = w;
 
-    fs.set_kind(Kind::new_v4(&MkCompressor));
+    let cache = match &opts.cache {
+        Some(dir) => Some(Arc::new(BlockCache::open(dir, &opts.codec)?)),
+        None => None,
+    };
+    match &cache {
+        // backhand wants the compressor `'static`: one per build, alive
+        // until the process ends.
+        Some(c) => fs.set_kind(Kind::new_v4(Box::leak(Box::new(CachedCompressor(
+            Arc::clone(c),
+        ))))),
+        None => fs.set_kind(Kind::new_v4(&MkCompressor)),
+    }
     fs.set_jobs(opts.jobs as usize);
 
     let mut out = AtomicFile::create(output)?;
@@ -446,11 +463,20 @@ pub fn build_part(
     drop(fs);
     check_nar_hashes(closure, &infos, root, nars)?;
     out.commit()?;
+    let mut cache_line = String::new();
+    if let (Some(c), Some(dir)) = (&cache, &opts.cache) {
+        cache_line = format!(", {}", c.summary());
+        if let Some(max) = opts.cache_max_bytes {
+            let n = cache::trim(dir, max)?;
+            if n > 0 {
+                cache_line += &format!(", {n} oldest entries removed to stay within {max} bytes");
+            }
+        }
+    }
     if !opts.quiet {
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         eprintln!(
-            "squashfs: {} store paths, {} files, {} → {} \
-",
+            "squashfs: {} store paths, {} files, {} → {}{cache_line}",
             infos.len(),
             stats.files,
             mib(stats.bytes),

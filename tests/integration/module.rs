@@ -348,6 +348,32 @@ fn module_honours_netboot_options() {
 
 #[test]
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_passes_the_cache_only_when_set() {
+    let has_cache = |c: &Value, output: &str| {
+        let a = strs(&c["systemd"]["args"][output]);
+        a.windows(2)
+            .any(|w| w == ["--cache", "/var/cache/nixos-kexec"])
+    };
+    let cold = checks("[ ]");
+    for output in ["squashfsStore", "kexecTree"] {
+        assert!(
+            !strs(&cold["systemd"]["args"][output]).contains(&"--cache"),
+            "{output}: {}",
+            cold["systemd"]["args"][output]
+        );
+    }
+    let c = checks(r#"[ { nixosKexec.cacheDir = "/var/cache/nixos-kexec"; } ]"#);
+    for output in ["squashfsStore", "kexecTree"] {
+        assert!(
+            has_cache(&c, output),
+            "{output}: {}",
+            c["systemd"]["args"][output]
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
 fn module_refuses_a_squashfs_compression_mkkexec_does_not_write() {
     let e = fails(&mut eval_checks(
         r#"[ { netboot.squashfsCompression = "xz -Xdict-size 100% -Xbcj x86"; } ]"#,

@@ -187,6 +187,70 @@ fn nix_builds_tree_and_tarball_without_nixpkgs() {
 }
 
 #[test]
+#[ignore = "needs Nix with a writable store (scripts/test.sh runs it)"]
+fn nix_output_does_not_depend_on_the_block_cache() {
+    let (_t, dir) = tempdir();
+    let cache = dir.join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let mut args = dummy_args();
+    args.push(("squashfsCache", format!("\"{cache}\"")));
+    // `nix-build --check` builds again and fails if the output differs.
+    let build = |check: bool| {
+        let mut c = nix("nix-build");
+        c.arg(fixture_nix())
+            .args(["--no-out-link", "-A", "squashfs"]);
+        c.args(["--arg", "mkkexec", env!("CARGO_BIN_EXE_mkkexec")]);
+        c.args(["--option", "extra-sandbox-paths", cache.as_str()]);
+        if check {
+            c.arg("--check");
+        }
+        for (k, v) in &args {
+            c.args(["--arg", k, v]);
+        }
+        ok(&mut c)
+    };
+    let count = || {
+        std::fs::read_dir(&cache)
+            .expect("cache")
+            .map(|s| {
+                std::fs::read_dir(s.expect("sub").path())
+                    .expect("sub")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    // Empty cache, then a warm one.
+    build(false);
+    let n = count();
+    assert!(n > 0, "the sandboxed build wrote no cache entry");
+    build(true);
+    // Damaged: every entry cut short.
+    sh(&format!("find {cache} -type f -exec truncate -s 10 {{}} +"));
+    build(true);
+    assert_eq!(count(), n);
+    // The check can fail: entries that lie (well-formed, "stored as is")
+    // change the image, and `--check` says so.
+    let mut lie = b"mkkexec-block-1\0\x01".to_vec();
+    lie.extend(0u64.to_le_bytes());
+    lie.extend(<sha2::Sha256 as sha2::Digest>::digest(b""));
+    for sub in std::fs::read_dir(&cache).expect("cache") {
+        for e in std::fs::read_dir(sub.expect("sub").path()).expect("sub") {
+            std::fs::write(e.expect("entry").path(), &lie).expect("write");
+        }
+    }
+    let mut c = nix("nix-build");
+    c.arg(fixture_nix())
+        .args(["--no-out-link", "--check", "-A", "squashfs"]);
+    c.args(["--arg", "mkkexec", env!("CARGO_BIN_EXE_mkkexec")]);
+    c.args(["--option", "extra-sandbox-paths", cache.as_str()]);
+    for (k, v) in &args {
+        c.args(["--arg", k, v]);
+    }
+    let e = fails(&mut c);
+    assert!(e.contains("may not be deterministic"), "{e}");
+}
+
+#[test]
 #[ignore = "needs Nix (scripts/test.sh runs it)"]
 fn nix_files_parse() {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -646,3 +646,184 @@ fn squashfs_blames_a_source_file_that_changes_or_cannot_be_read() {
         insta::assert_snapshot!("squashfs-source-faults", report);
     });
 }
+
+/// Build with stderr kept (the summary line).
+fn build_loud(f: &Fixture, out: &camino::Utf8Path, extra: &[&str]) -> String {
+    let o = mkkexec()
+        .args(["squashfs", "--closure"])
+        .arg(&f.registration)
+        .arg("--root")
+        .arg(&f.root)
+        .arg("--output")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("spawn");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+/// The cache's entries: path → length.
+fn entries(cache: &camino::Utf8Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for sub in std::fs::read_dir(cache).expect("cache") {
+        for e in std::fs::read_dir(sub.expect("sub").path()).expect("sub") {
+            let e = e.expect("entry");
+            m.insert(e.path(), e.metadata().expect("meta").len());
+        }
+    }
+    m
+}
+
+/// The summary's "cache: H of T blocks reused" as (H, T).
+fn reused(stderr: &str) -> (u64, u64) {
+    let s = stderr
+        .split("cache: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no cache summary in {stderr}"));
+    let mut w = s.split_whitespace();
+    let h = w.next().and_then(|x| x.parse().ok()).expect("hits");
+    assert_eq!(w.next(), Some("of"), "{s}");
+    let t = w.next().and_then(|x| x.parse().ok()).expect("total");
+    (h, t)
+}
+
+#[test]
+fn squashfs_cache_gives_the_cold_bytes_for_every_compression_and_jobs() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    for (c, level) in [
+        ("zstd", "3"),
+        ("xz", "6"),
+        ("gzip", "9"),
+        ("lz4", ""),
+        ("none", ""),
+    ] {
+        let mut args = vec!["--squashfs-compression", c];
+        if !level.is_empty() {
+            args.extend(["--squashfs-level", level]);
+        }
+        let cold = dir.join(format!("{c}-cold.img"));
+        build(&f, &cold, &args);
+        let want = std::fs::read(&cold).expect("cold");
+        let cache = dir.join(format!("cache-{c}"));
+        let cache_arg = ["--cache", cache.as_str()];
+        for (i, jobs) in ["0", "0", "1", "3"].into_iter().enumerate() {
+            let img = dir.join(format!("{c}-{i}.img"));
+            let mut a = args.clone();
+            a.extend(cache_arg);
+            if jobs != "0" {
+                a.extend(["--jobs", jobs]);
+            }
+            let err = build_loud(&f, &img, &a);
+            assert!(
+                std::fs::read(&img).expect("img") == want,
+                "{c}: build {i} (--jobs {jobs}) with the cache differs from the cold build"
+            );
+            let (hits, total) = reused(&err);
+            assert!(total > 0, "{c}: {err}");
+            if i == 0 {
+                assert_eq!(hits, 0, "{c}: an empty cache gave blocks: {err}");
+            } else {
+                assert_eq!(hits, total, "{c}: a warm cache missed blocks: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn squashfs_cache_replaces_damaged_entries() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let cold = dir.join("cold.img");
+    build(&f, &cold, &["--squashfs-level", "3"]);
+    let want = std::fs::read(&cold).expect("cold");
+    let cache = dir.join("cache");
+    let args = ["--squashfs-level", "3", "--cache", cache.as_str()];
+    build(&f, &dir.join("a.img"), &args);
+    let before = entries(&cache);
+    // A cache shared by the Nix build users: what is made in it keeps its
+    // group-writable, setgid mode, whatever the umask.
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(
+        &shared,
+        std::os::unix::fs::PermissionsExt::from_mode(0o2770),
+    )
+    .expect("chmod");
+    build(
+        &f,
+        &dir.join("s.img"),
+        &["--squashfs-level", "3", "--cache", shared.as_str()],
+    );
+    for sub in std::fs::read_dir(&shared).expect("shared") {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &sub.expect("sub").metadata().expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o2770);
+    }
+    let mut it = before.keys();
+    let (Some(truncated), Some(flipped), Some(emptied)) = (it.next(), it.next(), it.next()) else {
+        panic!("fewer than 3 cache entries: {before:?}");
+    };
+    let bytes = std::fs::read(truncated).expect("read");
+    std::fs::write(truncated, &bytes[..bytes.len() - 1]).expect("truncate");
+    let mut bytes = std::fs::read(flipped).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(flipped, &bytes).expect("flip");
+    std::fs::write(emptied, b"").expect("empty");
+
+    let img = dir.join("b.img");
+    let err = build_loud(&f, &img, &args);
+    assert!(
+        std::fs::read(&img).expect("b") == want,
+        "damaged cache changed the image"
+    );
+    let (hits, total) = reused(&err);
+    assert_eq!(total - hits, 3, "{err}");
+    assert!(err.contains("3 damaged entries replaced"), "{err}");
+    // Replaced: the same entries as before, whole again, and all reused.
+    assert_eq!(entries(&cache), before);
+    let err = build_loud(&f, &dir.join("c.img"), &args);
+    let (hits, total) = reused(&err);
+    assert_eq!(hits, total, "{err}");
+}
+
+#[test]
+fn squashfs_cache_max_bytes_removes_the_oldest() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let cache = dir.join("cache");
+    let zstd = ["--squashfs-level", "3", "--cache", cache.as_str()];
+    let gzip = ["--squashfs-compression", "gzip", "--cache", cache.as_str()];
+    build(&f, &dir.join("z.img"), &zstd);
+    let old = entries(&cache);
+    sh(&format!(
+        "find {cache} -type f -exec touch -d 2000-01-01 {{}} +"
+    ));
+    build(&f, &dir.join("g.img"), &gzip);
+    let all = entries(&cache);
+    let recent: std::collections::BTreeMap<_, _> = all
+        .iter()
+        .filter(|(p, _)| !old.contains_key(*p))
+        .map(|(p, l)| (p.clone(), *l))
+        .collect();
+    assert!(!old.is_empty() && !recent.is_empty());
+    let size: u64 = recent.values().sum();
+    let mut g = gzip.to_vec();
+    let max = size.to_string();
+    g.extend(["--cache-max-bytes", max.as_str()]);
+    let err = build_loud(&f, &dir.join("g2.img"), &g);
+    assert_eq!(entries(&cache), recent, "{err}");
+    assert!(
+        err.contains(&format!("{} oldest entries removed", old.len())),
+        "{err}"
+    );
+    // Within 0: nothing stays.
+    g.truncate(g.len() - 1);
+    g.push("0");
+    build(&f, &dir.join("g3.img"), &g);
+    assert!(entries(&cache).is_empty());
+}

@@ -9,6 +9,10 @@ use camino::Utf8Path;
 use crate::common::*;
 
 fn build_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path) {
+    build_tree_with(f, dir, out, &[]);
+}
+
+fn build_tree_with(f: &Fixture, dir: &Utf8Path, out: &Utf8Path, extra: &[&str]) {
     let kernel = dir.join("vmlinuz");
     let s1 = dir.join("stage1.gz");
     if !s1.exists() {
@@ -32,8 +36,27 @@ fn build_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path) {
             "--squashfs-level",
             "3",
         ])
+        .args(extra)
         .arg("--output")
         .arg(out));
+}
+
+#[test]
+fn tree_with_a_cache_is_the_tree_without() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    build_tree(&f, &dir, &dir.join("cold"));
+    let want = std::fs::read(dir.join("cold/initrd.gz")).expect("cold");
+    let cache = dir.join("cache");
+    for (i, jobs) in ["0", "1", "3"].into_iter().enumerate() {
+        let out = dir.join(format!("t{i}"));
+        build_tree_with(&f, &dir, &out, &["--cache", cache.as_str(), "-j", jobs]);
+        assert!(
+            std::fs::read(out.join("initrd.gz")).expect("initrd") == want,
+            "tree {i} (-j {jobs}) with the cache differs"
+        );
+    }
+    assert!(std::fs::read_dir(&cache).expect("cache").count() > 0);
 }
 
 fn mode(p: &Utf8Path) -> u32 {
