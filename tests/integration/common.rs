@@ -101,6 +101,23 @@ impl Fixture {
         p
     }
 
+    /// Pack the fixture's store into the squashfs `out` at zstd `level`.
+    pub fn squashfs(&self, out: &Utf8Path, level: u8) {
+        ok(mkkexec()
+            .args([
+                "squashfs",
+                "-q",
+                "--squashfs-level",
+                &level.to_string(),
+                "--closure",
+            ])
+            .arg(&self.registration)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("-o")
+            .arg(out));
+    }
+
     /// Write the registration again, with the NAR hashes of the store as it
     /// is now: for a test that changes the store on purpose.
     pub fn register(&self) {

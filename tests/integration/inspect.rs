@@ -103,13 +103,7 @@ fn inspect_says_how_an_image_is_damaged() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
     let img = dir.join("store.squashfs");
-    ok(mkkexec()
-        .args(["squashfs", "-q", "--squashfs-level", "1", "--closure"])
-        .arg(&f.registration)
-        .arg("--root")
-        .arg(&f.root)
-        .arg("-o")
-        .arg(&img));
+    f.squashfs(&img, 1);
     let image = std::fs::read(&img).expect("read");
     let u64_at = |at: usize| u64::from_le_bytes(image[at..at + 8].try_into().expect("8 bytes"));
     let inode_table = u64_at(64) as usize;

@@ -128,13 +128,7 @@ fn tree_layout_contents_and_reproducibility() {
     std::fs::write(dir.join("tail"), &initrd[start..]).expect("write");
     sh(&format!("cd {x} && zstd -dc {dir}/tail | cpio -id --quiet"));
     let alone = dir.join("alone.img");
-    ok(mkkexec()
-        .args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
-        .arg(&f.registration)
-        .arg("--root")
-        .arg(&f.root)
-        .arg("-o")
-        .arg(&alone));
+    f.squashfs(&alone, 3);
     assert!(
         std::fs::read(x.join("nix-store.squashfs")).expect("read")
             == std::fs::read(&alone).expect("read")
@@ -299,13 +293,7 @@ fn outputs_have_the_modes_a_user_expects() {
     let tree = dir.join("tree");
     build_tree(&f, &dir, &tree);
     let squashfs = dir.join("store.squashfs");
-    ok(mkkexec()
-        .args(["squashfs", "-q", "--squashfs-level", "1", "--closure"])
-        .arg(&f.registration)
-        .arg("--root")
-        .arg(&f.root)
-        .arg("-o")
-        .arg(&squashfs));
+    f.squashfs(&squashfs, 1);
     let initrd = dir.join("initrd.zst");
     ok(mkkexec()
         .args(["initrd", "-q", "--file"])
@@ -638,13 +626,7 @@ fn tree_splits_a_store_past_the_limit_into_parts_deterministically() {
         assert!(!top(p).is_empty(), "an empty part");
     }
     let alone = dir.join("alone.img");
-    ok(mkkexec()
-        .args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
-        .arg(&f.registration)
-        .arg("--root")
-        .arg(&f.root)
-        .arg("-o")
-        .arg(&alone));
+    f.squashfs(&alone, 3);
     let mut union: Vec<&str> = parts.iter().flat_map(|l| l.lines()).collect();
     union.sort();
     let one = listing(&alone);

@@ -87,13 +87,7 @@ fn verify_passes_what_mkkexec_and_mksquashfs_build() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
     let img = dir.join("store.img");
-    ok(mkkexec()
-        .args(["squashfs", "-q", "--squashfs-level", "3", "--closure"])
-        .arg(&f.registration)
-        .arg("--root")
-        .arg(&f.root)
-        .arg("-o")
-        .arg(&img));
+    f.squashfs(&img, 3);
     let initrd = dir.join("initrd.zst");
     ok(mkkexec()
         .args(["initrd", "-q", "--prepend-initrd"])
@@ -224,13 +218,7 @@ fn verify_checks_the_closure_is_complete_and_the_one_given() {
     // A whole image, checked against a closure that differs in one hash
     // (a closure must be closed: one with a path less would be refused).
     let whole = dir.join("whole.img");
-    ok(mkkexec()
-        .args(["squashfs", "-q", "--squashfs-level", "1", "--closure"])
-        .arg(&f.registration)
-        .arg("--root")
-        .arg(&f.root)
-        .arg("-o")
-        .arg(&whole));
+    f.squashfs(&whole, 1);
     let hash = reg.lines().nth(1).expect("lib's hash");
     let other_hash = format!(
         "{}{}",
