@@ -56,13 +56,11 @@ let
       ];
 
   # --squashfs-compression/--squashfs-level and --initrd-compression/
-  # --initrd-level, spelled the same in every subcommand.
+  # --initrd-level, spelled the same in every subcommand; unset, mkkexec's
+  # defaults (zstd for the squashfs, none for the cpio around it).
   compressionArgs =
     kind: args:
-    [
-      "--${kind}-compression"
-      (args."${kind}Compression" or "zstd")
-    ]
+    optionalArgs "--${kind}-compression" (args."${kind}Compression" or null)
     ++ optionalArgs "--${kind}-level" (args."${kind}Level" or null);
 
   # --cache: the block cache a sandboxed build may write (nixosKexec.cacheDir).

@@ -7,6 +7,11 @@ Builds a store-like tree from this machine's /usr (store paths named
   squashfs xz        mkkexec --squashfs-compression xz vs mksquashfs -comp xz -Xdict-size 100%
   initrd             mkkexec initrd           vs echo img | cpio -o -H newc | zstd -19 -T0
   tree               mkkexec tree             vs mksquashfs + cpio + zstd (+ the stage 1 prepended)
+  outer              the cpio around the squashfs (the initrd's second compression):
+                     mkkexec initrd over our zstd-19 image with none, zstd 1/3/9/19,
+                     gzip 9 and xz 6: time, bytes against none, and the time to
+                     decompress it again (userland's decompressor, as the kernel does
+                     at boot)
   rebuild            mkkexec tree --cache: a cold build with an empty cache, then one
                      store path changed (the smallest, then the largest: a byte
                      put before each of its files' bytes) and rebuilt with the warm cache,
@@ -215,7 +220,7 @@ def main():
     ap.add_argument("--sizes", default="512,1024", help="input sizes in MiB (comma-separated)")
     ap.add_argument("--runs", type=int, default=1, help="runs per measurement; the median is shown")
     ap.add_argument("--work", default=os.path.join(ROOT, "target/bench"), help="scratch directory")
-    ap.add_argument("--only", default="", help="comma-separated subset: zstd,xz,initrd,tree,rebuild,limit")
+    ap.add_argument("--only", default="", help="comma-separated subset: zstd,xz,initrd,tree,outer,rebuild,limit")
     ap.add_argument("--baseline", help="another mkkexec binary to time beside this build")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -233,7 +238,7 @@ def main():
         kernel = "/bin/busybox"  # any file stands in for the kernel here
 
     mk_flags = "-no-hardlinks -keep-as-directory -all-root -b 1048576 -root-mode 0755 -quiet -no-progress"
-    rows, against, notes = [], [], []
+    rows, against, notes, outer = [], [], [], []
 
     def compare(name, ours, theirs, out):
         """ours (a command with {bin} and {out}) against theirs, and the baseline."""
@@ -282,6 +287,22 @@ def main():
                     f"{{bin}} -q tree --closure {reg} --root {d} --toplevel /nix/store/{sorted(os.listdir(store))[0]} "
                     f"--kernel {kernel} --prepend-initrd {stage1} -o {{out}}",
                     pipeline, lambda n: o(f"{n}-tree"))
+        if want("outer"):
+            img = o("outer.squashfs")
+            subprocess.run((ours_sq + " --squashfs-compression zstd --squashfs-level 19").format(bin=mkkexec, out=img),
+                           shell=True, check=True)
+            base = None
+            for comp, level, unpack in [("none", None, "cat"), ("zstd", 1, "zstd -dc"), ("zstd", 3, "zstd -dc"),
+                                        ("zstd", 9, "zstd -dc"), ("zstd", 19, "zstd -dc"), ("gzip", 9, "gzip -dc"),
+                                        ("xz", 6, "xz -dc")]:
+                out = o(f"outer-{comp}{level or ''}.initrd")
+                lv = f" --initrd-level {level}" if level else ""
+                r = median_run(f"{mkkexec} -q initrd --file {img}:/nix-store.squashfs --initrd-compression {comp}{lv} "
+                               f"-o {out}", out, args.runs)
+                d_r = median_run(f"{unpack} {out} > {out}.cpio", f"{out}.cpio", args.runs)
+                os.unlink(f"{out}.cpio")
+                base = base or r
+                outer.append((f"{size} MiB {comp}{' ' + str(level) if level else ''}", r, base, d_r))
         if want("rebuild"):
             cache = o("cache")
             if os.path.exists(cache):
@@ -330,6 +351,11 @@ def main():
             continue
         print(f"| {name} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f} | {a[1]:.1f} | {b[1]:.1f} | {a[2]:.0f} | {b[2]:.0f} "
               f"| {a[2] / b[2]:.2f} | {a[3] / 1e6:.1f} | {b[3] / 1e6:.1f} | {a[3] / b[3]:.3f} |")
+    if outer:
+        print("\n| the cpio around the squashfs | wall s | CPU s | RSS MiB | MB | bytes vs none | decompress wall s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, r, base, d_r in outer:
+            print(f"| {name} | {r[0]:.1f} | {r[1]:.1f} | {r[2]:.0f} | {r[3] / 1e6:.1f} | {r[3] / base[3]:.4f} | {d_r[0]:.2f} |")
     for n in notes:
         print(f"\n{n}")
     if against:
