@@ -63,8 +63,12 @@ let
     optionalArgs "--${kind}-compression" (args."${kind}Compression" or null)
     ++ optionalArgs "--${kind}-level" (args."${kind}Level" or null);
 
-  # --cache: the block cache a sandboxed build may write (nixosKexec.cacheDir).
-  cacheArgs = args: optionalArgs "--cache" (args.squashfsCache or null);
+  # --cache: the block cache a sandboxed build may write (nixosKexec.cacheDir),
+  # and the size mkkexec trims it to afterwards (nixosKexec.cacheMaxBytes).
+  cacheArgs =
+    args:
+    optionalArgs "--cache" (args.squashfsCache or null)
+    ++ optionalArgs "--cache-max-bytes" (args.squashfsCacheMaxBytes or null);
 
   kernelParamArgs = map (p: "--kernel-param=${p}");
 

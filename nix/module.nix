@@ -141,6 +141,7 @@ let
     squashfsCompression = checkedSquashfs.compression;
     squashfsLevel = checkedSquashfs.level;
     squashfsCache = cfg.cacheDir;
+    squashfsCacheMaxBytes = if cfg.cacheDir == null then null else cfg.cacheMaxBytes;
   };
   initrdSettings = {
     initrdCompression = cfg.initrd.compression;
@@ -252,9 +253,20 @@ in
         `nix.settings.extra-sandbox-paths = [ "/var/cache/nixos-kexec" ];`
         and a directory the build users' group may write,
         `systemd.tmpfiles.rules = [ "d /var/cache/nixos-kexec 2770 root nixbld -" ];`.
-        It grows with each new block and is never trimmed from here: empty
-        it (or delete its oldest files) when it is too big; a build
-        recompresses what is missing.
+        It grows with each new block unless `cacheMaxBytes` bounds it; a
+        build recompresses what is missing.
+      '';
+    };
+
+    cacheMaxBytes = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      example = 8 * 1024 * 1024 * 1024;
+      description = ''
+        With `cacheDir`: after each build, mkkexec removes the least recently
+        used blocks of the cache (`mkkexec --cache-max-bytes`) until it holds
+        at most this many bytes. null (the default): the cache is never
+        trimmed. A bound below one build's blocks makes every rebuild cold.
       '';
     };
 
@@ -338,6 +350,8 @@ in
           message = toString squashfsError;
         }
       ];
+      warnings = lib.optional (cfg.cacheMaxBytes != null && cfg.cacheDir == null) ''
+        nixosKexec.cacheMaxBytes is set but nixosKexec.cacheDir is null: there is no cache to bound.'';
 
       # The tarball: <out>/tarball/nixos-system-<system>.tar.gz, which
       # netboot.nix also offers as system.build.image.

@@ -364,11 +364,29 @@ fn module_passes_the_cache_only_when_set() {
     }
     let c = checks(r#"[ { nixosKexec.cacheDir = "/var/cache/nixos-kexec"; } ]"#);
     for output in ["squashfsStore", "kexecTree"] {
+        let a = strs(&c["systemd"]["args"][output]);
         assert!(
-            has_cache(&c, output),
-            "{output}: {}",
-            c["systemd"]["args"][output]
+            has_cache(&c, output) && !a.contains(&"--cache-max-bytes"),
+            "{output}: {a:?}"
         );
+    }
+    let c = checks(
+        r#"[ { nixosKexec.cacheDir = "/var/cache/nixos-kexec"; nixosKexec.cacheMaxBytes = 1073741824; } ]"#,
+    );
+    for output in ["squashfsStore", "kexecTree"] {
+        let a = strs(&c["systemd"]["args"][output]);
+        assert!(
+            has_cache(&c, output)
+                && a.windows(2)
+                    .any(|w| w == ["--cache-max-bytes", "1073741824"]),
+            "{output}: {a:?}"
+        );
+    }
+    // Without a cache the bound is not passed (mkkexec would refuse it).
+    let c = checks("[ { nixosKexec.cacheMaxBytes = 1073741824; } ]");
+    for output in ["squashfsStore", "kexecTree"] {
+        let a = strs(&c["systemd"]["args"][output]);
+        assert!(!a.contains(&"--cache-max-bytes"), "{output}: {a:?}");
     }
 }
 
