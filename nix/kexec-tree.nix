@@ -158,6 +158,9 @@ in
       initrd,
       storeContents ? [ toplevel ],
       kernelParams ? [ ],
+      # How many store images the stage 1 mounts (nixosKexec.storeParts):
+      # more than one passes --store-parts, which writes exactly that many.
+      storeParts ? 1,
       name ? "kexec-tree",
       ...
     }@args:
@@ -178,6 +181,15 @@ in
       ++ cacheArgs args
       ++ compressionArgs "initrd" args
       ++ toolArgs args
+      ++ (
+        if storeParts > 1 then
+          [
+            "--store-parts"
+            (toString storeParts)
+          ]
+        else
+          [ ]
+      )
       ++ kernelParamArgs kernelParams;
     };
 

@@ -7,7 +7,8 @@
 # what is ours:
 #
 #   system.build.squashfsStore      the store as a squashfs image
-#   system.build.netbootRamdisk     <out>/initrd: stage 1 + /nix-store.squashfs
+#   system.build.netbootRamdisk     <out>/initrd: stage 1 + /nix-store.squashfs (with
+#                                   nixosKexec.storeParts > 1: the tree's initrd.gz)
 #   system.build.kexecScript        kexec-boot
 #   system.build.kexecTree          bzImage, initrd.gz, kexec-boot, netboot.ipxe, bin/nixos-kexec,
 #                                   static kexec and ip
@@ -167,6 +168,18 @@ let
     builtins.readFile ./carry-in.sh
     + "\ncarry_in ${root} /nixos-kexec-carry ${lib.escapeShellArgs hostKeys}\n";
   systemdStage1 = config.boot.initrd.systemd.enable;
+
+  # The parts of a store past 4 GiB after the first (nixosKexec.storeParts):
+  # part i is the tree's /nix-store-<i>.squashfs, mounted at
+  # /nix/.ro-store-<i>.
+  partNumbers = lib.range 1 (cfg.storeParts - 1);
+  partMount = i: "/nix/.ro-store-${toString i}";
+  # Each part's lower layer, as the /nix/store overlay names it.
+  # overlayfs.nix prefixes every lowerdir with /sysroot under systemd's stage
+  # 1; the scripted stage 1 (stage-1-init.sh's mountFS) prefixes only what
+  # follows `lowerdir=`, i.e. the first directory of the list: the others
+  # must name /mnt-root, where it mounts the parts, themselves.
+  partLowerdir = i: if systemdStage1 then partMount i else "/mnt-root${partMount i}";
 in
 {
   imports = [ (modulesPath + "/installer/netboot/netboot.nix") ];
@@ -270,6 +283,28 @@ in
       '';
     };
 
+    storeParts = mkOption {
+      type = types.ints.positive;
+      default = 1;
+      example = 2;
+      description = ''
+        How many squashfs images hold the store, each mounted in stage 1 and
+        a lower layer of the /nix/store overlay. An initrd's cpio holds files
+        up to 4 GiB, so a store past about 4 GiB needs several: the tree's
+        build then stops before compressing anything and says how many
+        ("set nixosKexec.storeParts = N"). Set it to that number (or more,
+        for room to grow). 1 (the default) is netboot.nix's layout as it
+        is. With N, stage 1 mounts `/nix-store.squashfs` at
+        `/nix/.ro-store` and `/nix-store-<i>.squashfs` at
+        `/nix/.ro-store-<i>` for i = 1 … N-1, through `fileSystems`, under
+        the scripted and the systemd stage 1 alike. Parts the store does
+        not fill are empty images: each costs a few KiB in the initrd and a
+        loop device at boot. `system.build.netbootRamdisk` is then the
+        tree's `initrd.gz` (built with the tree), and
+        `system.build.squashfsStore` stays one image of the whole store.
+      '';
+    };
+
     kernelParams = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -362,14 +397,25 @@ in
       system.build = {
         squashfsStore = mkForce (kexecLib.squashfs ({ inherit storeContents; } // squashfsSettings));
 
+        # With several store parts, the tree's initrd.gz is the ramdisk: the
+        # parts are made and packed inside the tree's one mkkexec run
+        # (squashfsStore stays the whole store in one image).
         netbootRamdisk = mkForce (
-          kexecLib.initrd (
-            {
-              initrd = stage1;
-              squashfs = config.system.build.squashfsStore;
-            }
-            // initrdSettings
-          )
+          if cfg.storeParts > 1 then
+            pkgs.linkFarm "netboot-ramdisk" [
+              {
+                name = "initrd";
+                path = "${config.system.build.kexecTree}/initrd.gz";
+              }
+            ]
+          else
+            kexecLib.initrd (
+              {
+                initrd = stage1;
+                squashfs = config.system.build.squashfsStore;
+              }
+              // initrdSettings
+            )
         );
 
         kexecScript = mkForce (
@@ -402,6 +448,7 @@ in
             bootSettings
             // {
               inherit kernel storeContents;
+              inherit (cfg) storeParts;
               initrd = stage1;
             }
             // squashfsSettings
@@ -428,6 +475,47 @@ in
           filePath = "tarball/nixos-kexec-installer-${hostSystem}.tar.gz";
         };
       };
+
+      # A store in several parts (nixosKexec.storeParts): each part is
+      # mounted as netboot.nix mounts /nix/.ro-store (the same type, device
+      # form and options, including its threads=multi on kernels from 6.2),
+      # and is one more lower layer of its /nix/store overlay, below the
+      # first. Defined with mkImageMediaOverride, netboot.nix's own priority,
+      # so that the definitions merge with netboot.nix's (a plain definition
+      # would be dropped beside them) and a user's own mkImageMediaOverride
+      # definitions still merge too; overlay.lowerdir is a list
+      # (overlayfs.nix), concatenated across definitions: mkAfter puts the
+      # parts after netboot.nix's /nix/.ro-store and anything else defined
+      # at the default order. A user's mkForce on /nix/store replaces all.
+      fileSystems = lib.mkIf (cfg.storeParts > 1) (
+        lib.listToAttrs (
+          map (
+            i:
+            lib.nameValuePair (partMount i) (
+              lib.mkImageMediaOverride {
+                fsType = "squashfs";
+                device = "../nix-store-${toString i}.squashfs";
+                options = [
+                  "loop"
+                ]
+                ++ optional (config.boot.kernelPackages.kernel.kernelAtLeast "6.2") "threads=multi";
+                neededForBoot = true;
+              }
+            )
+          ) partNumbers
+        )
+        // {
+          "/nix/store" = lib.mkImageMediaOverride {
+            overlay.lowerdir = lib.mkAfter (map partLowerdir partNumbers);
+            # The scripted stage 1 mounts in the order of
+            # filesystems.nix's toposort (utils.fsBefore), which reads
+            # depends: the /mnt-root lowerdirs above do not name the parts'
+            # mount points. (Under systemd's stage 1 overlayfs.nix derives
+            # these from overlay.lowerdir already.)
+            depends = lib.mkIf (!systemdStage1) (map partMount partNumbers);
+          };
+        }
+      );
 
       # What kexec-boot carried, put in place before the switch to the
       # system: by a unit with /sysroot mounted (systemd stage 1) or after

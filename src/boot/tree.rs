@@ -3,7 +3,8 @@
 //! ```text
 //! DIR/bzImage       the kernel
 //! DIR/initrd.gz     stage 1 (prepended as is) + a cpio with /nix-store.squashfs
-//!                   (and, split with --split-store past 4 GiB, /nix-store-1.squashfs, …)
+//!                   (and, split with --split-store or --store-parts past 4 GiB,
+//!                   /nix-store-1.squashfs, …)
 //! DIR/kexec-boot    the script that loads both and jumps
 //! DIR/netboot.ipxe  the same boot for iPXE
 //! DIR/bin/nixos-kexec  runs ../kexec-boot (so a Nix package's result/bin works)
@@ -58,8 +59,44 @@ pub struct TreeOptions<'a> {
     /// The largest image one part of the store may make:
     /// [`squashfs::NEWC_LIMIT`], or less in tests.
     pub part_limit: u64,
-    /// Whether a store past the limit may be split into several images.
-    pub split_store: bool,
+    /// How many images the store may or must take.
+    pub parts: StoreParts,
+}
+
+/// How many squashfs images the store goes into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreParts {
+    /// One: a store past the limit is refused (the default; what a stage 1
+    /// that mounts only `/nix-store.squashfs` needs).
+    One,
+    /// As many as the store needs (`--split-store`).
+    AsNeeded,
+    /// Exactly this many (`--store-parts N`): the split, then empty images
+    /// up to N, so that a stage 1 that mounts N parts, a number fixed when
+    /// the system was evaluated, finds every one of them. A store needing
+    /// more is refused.
+    Exactly(usize),
+}
+
+/// Why `parts` cannot hold a store that needs `needed` images, or None.
+fn parts_refusal(parts: StoreParts, needed: usize) -> Option<String> {
+    let reason = "a newc cpio holds files up to 4 GiB";
+    match parts {
+        StoreParts::AsNeeded => None,
+        StoreParts::One if needed > 1 => Some(format!(
+            "the store needs {needed} squashfs images: {reason}. With the NixOS module, set \
+             nixosKexec.storeParts = {needed} (mkkexec: --store-parts {needed}), which mounts \
+             every part in stage 1; or pass --split-store when the system's own stage 1 mounts \
+             every /nix-store*.squashfs as a lower layer of the /nix/store overlay. Nothing was \
+             compressed"
+        )),
+        StoreParts::Exactly(n) if needed > n => Some(format!(
+            "the store needs {needed} squashfs images ({reason}), but --store-parts is {n}: set \
+             nixosKexec.storeParts = {needed} in the NixOS module (mkkexec: --store-parts \
+             {needed}). Nothing was compressed"
+        )),
+        _ => None,
+    }
 }
 
 /// The name in the initrd of part `i` of the store: `/nix-store.squashfs`
@@ -138,22 +175,30 @@ pub fn build(closure: &Closure, out: &Utf8Path, opts: &TreeOptions) -> Result<()
     };
     // Known before anything is compressed: the NAR sizes bound the images.
     closure.check_present(opts.root)?;
-    let parts = squashfs::split(closure, opts.part_limit)?;
-    if parts.len() > 1 && !opts.split_store {
-        bail!(
-            "the store needs {} squashfs images: a newc cpio holds files up to 4 GiB. Pass \
-             --split-store when the system's stage 1 mounts every /nix-store*.squashfs as a \
-             lower layer of the /nix/store overlay (the NixOS module does not yet: its stage 1 \
-             would mount the first part only); nothing was compressed",
-            parts.len()
-        );
+    let mut parts = squashfs::split(closure, opts.part_limit)?;
+    if let Some(refusal) = parts_refusal(opts.parts, parts.len()) {
+        bail!("{refusal}");
+    }
+    let needed = parts.len();
+    if let StoreParts::Exactly(n) = opts.parts {
+        // Images holding nothing (the root directory alone), so that every
+        // name the stage 1 mounts exists.
+        parts.resize(n, Vec::new());
     }
     if parts.len() > 1 && !opts.squashfs.quiet {
-        eprintln!(
-            "mkkexec: the store is split into {} squashfs images (a newc cpio holds files up \
-             to 4 GiB)",
-            parts.len()
-        );
+        if needed == parts.len() {
+            eprintln!(
+                "mkkexec: the store is split into {needed} squashfs images (a newc cpio holds \
+                 files up to 4 GiB)"
+            );
+        } else {
+            eprintln!(
+                "mkkexec: the store fills {needed} of the {} squashfs images --store-parts asks \
+                 for; the other {} are empty",
+                parts.len(),
+                parts.len() - needed
+            );
+        }
     }
     if out.exists() {
         if !out.is_dir() {
@@ -259,4 +304,33 @@ fn build_in(
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("cannot set the mode of {dir}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_image_refuses_a_store_that_needs_more_and_names_the_option() {
+        assert_eq!(parts_refusal(StoreParts::One, 1), None);
+        insta::assert_snapshot!(
+            parts_refusal(StoreParts::One, 3).expect("refused"),
+            @"the store needs 3 squashfs images: a newc cpio holds files up to 4 GiB. With the NixOS module, set nixosKexec.storeParts = 3 (mkkexec: --store-parts 3), which mounts every part in stage 1; or pass --split-store when the system's own stage 1 mounts every /nix-store*.squashfs as a lower layer of the /nix/store overlay. Nothing was compressed"
+        );
+    }
+
+    #[test]
+    fn store_parts_refuses_a_store_that_needs_more_and_says_what_to_set() {
+        assert_eq!(parts_refusal(StoreParts::Exactly(3), 3), None);
+        assert_eq!(parts_refusal(StoreParts::Exactly(4), 1), None);
+        insta::assert_snapshot!(
+            parts_refusal(StoreParts::Exactly(2), 3).expect("refused"),
+            @"the store needs 3 squashfs images (a newc cpio holds files up to 4 GiB), but --store-parts is 2: set nixosKexec.storeParts = 3 in the NixOS module (mkkexec: --store-parts 3). Nothing was compressed"
+        );
+    }
+
+    #[test]
+    fn split_store_takes_as_many_as_needed() {
+        assert_eq!(parts_refusal(StoreParts::AsNeeded, 7), None);
+    }
 }

@@ -175,11 +175,18 @@ pub enum Command {
         initrd: InitrdArgs,
         #[command(flatten)]
         tools: ToolArgs,
-        /// Split a store past 4 GiB (the newc limit) into several images,
-        /// /nix-store.squashfs, /nix-store-1.squashfs, …; the stage 1 must
-        /// mount them all as lower layers of the /nix/store overlay.
-        #[arg(long)]
+        /// Split a store past 4 GiB (the newc limit) into as many images as
+        /// it needs, /nix-store.squashfs, /nix-store-1.squashfs, …; the stage 1
+        /// must mount them all as lower layers of the /nix/store overlay.
+        #[arg(long, conflicts_with = "store_parts")]
         split_store: bool,
+        /// Write exactly N store images, /nix-store.squashfs up to
+        /// /nix-store-(N-1).squashfs: the split of --split-store, then empty
+        /// images, for a stage 1 that mounts N parts (the NixOS module's
+        /// nixosKexec.storeParts); a store needing more is refused before
+        /// anything is compressed. [default: 1, and a store past 4 GiB is refused]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+        store_parts: Option<u32>,
         /// Test-only: the largest squashfs image one part of the store may
         /// make, in bytes (default: 4 GiB - 1, the newc limit), so that a
         /// small store splits in tests.

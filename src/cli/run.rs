@@ -81,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
             tools,
             test_part_limit,
             split_store,
+            store_parts,
         } => {
             let opts = tree::TreeOptions {
                 root: &closure.root,
@@ -92,7 +93,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 initrd: initrd_opts(initrd, &cli)?,
                 tools: bundled(tools),
                 part_limit: test_part_limit.unwrap_or(crate::squashfs::NEWC_LIMIT),
-                split_store: *split_store,
+                parts: match (store_parts, split_store) {
+                    (Some(n), _) => tree::StoreParts::Exactly(*n as usize),
+                    (None, true) => tree::StoreParts::AsNeeded,
+                    (None, false) => tree::StoreParts::One,
+                },
             };
             tree::build(&load(closure)?, output, &opts)?;
         }

@@ -5,7 +5,10 @@
 //!   loop-mounts /nix-store.squashfs under an overlay and switch_roots into
 //!   the fixture's init, which checks the store and prints a marker.
 //! - A store split into three parts (the test-only limit): the stand-in
-//!   mounts each /nix-store*.squashfs as one more overlay lower layer.
+//!   mounts each /nix-store*.squashfs as one more overlay lower layer; and
+//!   a store in four parts (--store-parts 4, the last empty) booted with
+//!   the mounts the model of nixpkgs derives from the module for the
+//!   scripted and the systemd stage 1, which the stand-in makes in order.
 //! - The kexec hop: a "foreign host" VM runs the tarball's
 //!   /nixos-kexec/bin/nixos-kexec; the second kernel must print the marker.
 //!   And two hops that must be refused, with the host staying up.
@@ -578,18 +581,15 @@ fn kexec_hop_memory_model_boots_at_what_it_asks() {
     assert_hopped("pin-asks", &log);
 }
 
-#[test]
-#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
-fn boot_a_store_split_into_three_parts() {
-    // The fixture system's store, copied below a root of its own with one
-    // more path (7 MB, sorted after busybox), so that the test-only limit
-    // splits it: [busybox], [padding, the system, single-file.sh], [data].
+/// The fixture system's store, copied below `dir/root` with one more path
+/// (7 MB, sorted after busybox), so that the test-only limit of 7.2 MB
+/// splits it into three: [busybox], [padding, the system, single-file.sh],
+/// [data]. Returns the closure file and the toplevel.
+fn three_part_store(dir: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf) {
     let args = nix_args("[ ]", "zstd", "zstd");
     let json = build_fixture("closureJson", &args);
     let toplevel = build_fixture("toplevel", &args);
-    let dir = work_dir("split-store");
-    let root = dir.join("root");
-    let store = root.join("nix/store");
+    let store = dir.join("root/nix/store");
     std::fs::create_dir_all(&store).expect("mkdir");
     let mut closure: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
@@ -609,34 +609,44 @@ fn boot_a_store_split_into_three_parts() {
     }));
     let closure_file = dir.join("closure.json");
     std::fs::write(&closure_file, closure.to_string()).expect("write");
+    (closure_file, toplevel)
+}
 
-    let tree = dir.join("tree");
+/// `mkkexec tree` of [`three_part_store`] with `parts` (--split-store or
+/// --store-parts N); returns its stderr.
+fn parted_tree(dir: &Utf8Path, closure: &Utf8Path, toplevel: &Utf8Path, parts: &[&str]) -> String {
     let o = mkkexec()
         .args(["tree", "--closure"])
-        .arg(&closure_file)
+        .arg(closure)
         .arg("--root")
-        .arg(&root)
+        .arg(dir.join("root"))
         .args(["--toplevel", toplevel.as_str(), "--kernel"])
         .arg(kernel_dir().join("vmlinuz"))
         .arg("--prepend-initrd")
         .arg(stage1())
-        .args([
-            "--squashfs-level",
-            "3",
-            "--split-store",
-            "--test-part-limit",
-            "7200000",
-        ])
+        .args(["--squashfs-level", "3"])
+        .args(parts)
+        .args(["--test-part-limit", "7200000"])
         .arg("--output")
-        .arg(&tree)
+        .arg(dir.join("tree"))
         .output()
         .expect("run mkkexec");
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
+    err
+}
+
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn boot_a_store_split_into_three_parts() {
+    let dir = work_dir("split-store");
+    let (closure, toplevel) = three_part_store(&dir);
+    let err = parted_tree(&dir, &closure, &toplevel, &["--split-store"]);
     assert!(
         err.contains("the store is split into 3 squashfs images"),
         "{err}"
     );
+    let tree = dir.join("tree");
     let log = qemu(
         "split-store",
         &tree.join("bzImage"),
@@ -646,4 +656,102 @@ fn boot_a_store_split_into_three_parts() {
     );
     assert!(log.contains("STAGE1-STORE-PARTS 3\n"), "{}", tail(&log));
     assert_booted("split-store", &log);
+}
+
+/// The mounts the NixOS module's stage 1 makes for nixosKexec.storeParts
+/// = 4 on Debian's 6.1 kernel, as the model of nixpkgs evaluates them
+/// (tests/nixos-model/checks.nix, `bootMounts`): `kind` is "scripted" or
+/// "systemd". One `device mountpoint type options` line each, in order.
+fn module_mounts(kind: &str) -> String {
+    let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = ok(crate::nix::nix("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "--read-write-mode"])
+        .arg(root.join("tests/nixos-model/checks.nix"))
+        .arg("--arg")
+        .arg("libPath")
+        .arg(root.join("../shared/nixpkgs-lib/lib"))
+        .args(["--arg", "extraModules", "[ ]", "-A"])
+        .arg(format!("bootMounts.{kind}")));
+    let mounts: serde_json::Value = serde_json::from_str(&out).expect("json");
+    mounts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| {
+            let options: Vec<&str> = m["options"]
+                .as_array()
+                .expect("options")
+                .iter()
+                .map(|o| o.as_str().expect("option"))
+                .collect();
+            format!(
+                "{} {} {} {}\n",
+                m["what"].as_str().expect("what"),
+                m["where"].as_str().expect("where"),
+                m["type"].as_str().expect("type"),
+                options.join(",")
+            )
+        })
+        .collect()
+}
+
+// What runs here is Debian's kernel and busybox making the mounts that the
+// model of nixpkgs (not a real NixOS stage 1, which cannot be built here)
+// derives from the module, for both stage 1 kinds.
+#[test]
+#[ignore = "needs QEMU, Debian's kernel and Nix (scripts/test.sh runs it)"]
+fn boot_store_parts_with_the_mounts_the_module_makes_in_both_stage_1_kinds() {
+    let dir = work_dir("store-parts");
+    let (closure, toplevel) = three_part_store(&dir);
+    // Four parts: the store fills three, the fourth is empty.
+    let err = parted_tree(&dir, &closure, &toplevel, &["--store-parts", "4"]);
+    assert!(
+        err.contains("the store fills 3 of the 4 squashfs images"),
+        "{err}"
+    );
+    let tree = dir.join("tree");
+    for (kind, root) in [("scripted", "/mnt-root"), ("systemd", "/sysroot")] {
+        let list = module_mounts(kind);
+        let parts = list.matches(" squashfs ").count();
+        assert_eq!(parts, 4, "{kind}: {list}");
+        assert!(!list.contains("threads=multi"), "{kind}: {list}");
+        let file = dir.join(format!("{kind}.mounts"));
+        std::fs::write(&file, &list).expect("write");
+        // The tree's initrd and the list as one more member.
+        let initrd = dir.join(format!("{kind}.initrd"));
+        ok(mkkexec()
+            .args([
+                "initrd",
+                "-q",
+                "--initrd-compression",
+                "gzip",
+                "--prepend-initrd",
+            ])
+            .arg(tree.join("initrd.gz"))
+            .arg("--file")
+            .arg(format!("{file}:/etc/stage1-mounts"))
+            .arg("-o")
+            .arg(&initrd));
+        let name = format!("store-parts-{kind}");
+        let log = qemu(
+            &name,
+            &tree.join("bzImage"),
+            &initrd,
+            &format!("console=ttyS0 panic=-1 quiet init={toplevel}/init"),
+            1024,
+        );
+        // Every mount of the list, in its order, the overlay last.
+        let made: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("STAGE1-MOUNT "))
+            .collect();
+        let listed: Vec<&str> = list
+            .lines()
+            .map(|l| l.split(' ').nth(1).expect("where"))
+            .collect();
+        assert_eq!(made, listed, "{kind}: {}", tail(&log));
+        assert_eq!(made.last(), Some(&format!("{root}/nix/store").as_str()));
+        assert!(made.contains(&format!("{root}/nix/.ro-store-3").as_str()));
+        assert_booted(&name, &log);
+    }
 }

@@ -112,7 +112,11 @@ fn module_mounts_the_store_under_both_stage_1_kinds() {
     // submodule prefixes the directories (raw lowerdir= options do not).
     assert_eq!(
         overlay("systemd"),
-        "overlay /sysroot/nix/store overlay lowerdir=/sysroot/nix/.ro-store,\
+        "overlay /sysroot/nix/store overlay x-initrd.mount,\
+         x-systemd.requires-mounts-for=/sysroot/nix/.ro-store,\
+         x-systemd.requires-mounts-for=/sysroot/nix/.rw-store/store,\
+         x-systemd.requires-mounts-for=/sysroot/nix/.rw-store/work,\
+         lowerdir=/sysroot/nix/.ro-store,\
          upperdir=/sysroot/nix/.rw-store/store,workdir=/sysroot/nix/.rw-store/work"
     );
     assert!(
@@ -123,9 +127,154 @@ fn module_mounts_the_store_under_both_stage_1_kinds() {
     // The scripted stage 1 adds /mnt-root itself at run time.
     assert_eq!(
         overlay("scripted"),
-        "overlay /mnt-root/nix/store overlay lowerdir=/nix/.ro-store,\
+        "overlay /mnt-root/nix/store overlay x-initrd.mount,lowerdir=/nix/.ro-store,\
          upperdir=/nix/.rw-store/store,workdir=/nix/.rw-store/work"
     );
+}
+
+/// The mounts stage 1 makes in `case`, in order, as `where type what
+/// options` (tests/nixos-model/stage-1-mounts.nix).
+fn mounts(c: &Value, case: &str) -> Vec<String> {
+    c[case]["mounts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{case}: no mounts"))
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} {} {}",
+                m["where"].as_str().expect("where"),
+                m["type"].as_str().expect("type"),
+                m["what"].as_str().expect("what"),
+                strs(&m["options"]).join(",")
+            )
+        })
+        .collect()
+}
+
+// Modelled: nixpkgs' filesystems.nix, stage-1.nix/stage-1-init.sh and
+// systemd/initrd.nix as tests/nixos-model/stage-1-mounts.nix follows them;
+// a real NixOS stage 1 cannot be built or booted here.
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_store_in_three_parts_mounts_every_part_before_the_overlay_in_both_stage_1_kinds() {
+    let c = checks("[ ]");
+    for (case, root, lower) in [
+        (
+            "partsSystemd",
+            "/sysroot",
+            "lowerdir=/sysroot/nix/.ro-store:/sysroot/nix/.ro-store-1:/sysroot/nix/.ro-store-2",
+        ),
+        (
+            "partsScripted",
+            "/mnt-root",
+            "lowerdir=/mnt-root/nix/.ro-store:/mnt-root/nix/.ro-store-1:/mnt-root/nix/.ro-store-2",
+        ),
+    ] {
+        assert!(c[case]["toplevelName"].is_string(), "{case}: assertions");
+        let m = mounts(&c, case);
+        let at = |prefix: &str| -> usize {
+            m.iter()
+                .position(|l| l.starts_with(&format!("{root}{prefix} ")))
+                .unwrap_or_else(|| panic!("{case}: no {prefix} in {m:#?}"))
+        };
+        let overlay = at("/nix/store");
+        for (i, part) in ["/nix/.ro-store", "/nix/.ro-store-1", "/nix/.ro-store-2"]
+            .iter()
+            .enumerate()
+        {
+            assert!(
+                at(part) < overlay,
+                "{case}: {part} after the overlay: {m:#?}"
+            );
+            // Each part as netboot.nix mounts the first (threads=multi: the
+            // model's kernel is 6.12).
+            let image = if i == 0 {
+                "nix-store.squashfs".to_owned()
+            } else {
+                format!("nix-store-{i}.squashfs")
+            };
+            let x = if case == "partsSystemd" {
+                "x-initrd.mount,"
+            } else {
+                ""
+            };
+            assert_eq!(
+                m[at(part)],
+                format!("{root}{part} squashfs ../{image} {x}loop,threads=multi"),
+                "{case}"
+            );
+        }
+        assert!(at("/nix/.rw-store") < overlay, "{case}: {m:#?}");
+        assert_eq!(m.len(), 6, "{case}: {m:#?}");
+        let options: Vec<&str> = m[overlay]
+            .rsplit(' ')
+            .next()
+            .expect("options")
+            .split(',')
+            .collect();
+        assert!(options.contains(&lower), "{case}: {}", m[overlay]);
+        // The tree writes three images.
+        let tree = strs(&c[case]["args"]["kexecTree"]);
+        assert!(
+            tree.windows(2).any(|w| w == ["--store-parts", "3"]),
+            "{case}: {tree:?}"
+        );
+        // The ramdisk is the tree's initrd.gz (it holds every part).
+        assert!(c[case]["args"]["netbootRamdisk"].is_null(), "{case}");
+    }
+    // The scripted stage 1 orders its mounts by depends (utils.fsBefore):
+    // its /mnt-root lowerdirs do not name the parts' mount points.
+    let deps = strs(&c["partsScripted"]["storeDepends"]);
+    assert!(
+        deps.contains(&"/nix/.ro-store-1") && deps.contains(&"/nix/.ro-store-2"),
+        "{deps:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs Nix (scripts/test.sh runs it)"]
+fn module_store_in_one_part_is_netboot_nix_layout_as_it_is() {
+    let c = checks("[ ]");
+    // Set to 1 explicitly (below the cases' own settings, which would
+    // conflict with it).
+    let one = checks("[ ({ lib, ... }: { nixosKexec.storeParts = lib.mkDefault 1; }) ]");
+    assert_eq!(
+        mounts(&c, "systemd"),
+        [
+            "/sysroot tmpfs tmpfs x-initrd.mount,mode=0755",
+            "/sysroot/nix/.ro-store squashfs ../nix-store.squashfs x-initrd.mount,loop,threads=multi",
+            "/sysroot/nix/.rw-store tmpfs tmpfs x-initrd.mount,mode=0755",
+            "/sysroot/nix/store overlay overlay x-initrd.mount,\
+             x-systemd.requires-mounts-for=/sysroot/nix/.ro-store,\
+             x-systemd.requires-mounts-for=/sysroot/nix/.rw-store/store,\
+             x-systemd.requires-mounts-for=/sysroot/nix/.rw-store/work,\
+             lowerdir=/sysroot/nix/.ro-store,upperdir=/sysroot/nix/.rw-store/store,\
+             workdir=/sysroot/nix/.rw-store/work",
+        ]
+    );
+    assert_eq!(
+        mounts(&c, "scripted"),
+        [
+            "/mnt-root/ tmpfs tmpfs mode=0755",
+            "/mnt-root/nix/.ro-store squashfs ../nix-store.squashfs loop,threads=multi",
+            "/mnt-root/nix/.rw-store tmpfs tmpfs mode=0755",
+            "/mnt-root/nix/store overlay overlay lowerdir=/mnt-root/nix/.ro-store,\
+             upperdir=/mnt-root/nix/.rw-store/store,workdir=/mnt-root/nix/.rw-store/work",
+        ]
+    );
+    for case in ["systemd", "scripted"] {
+        assert_eq!(c[case], one[case], "{case}: storeParts = 1 is the default");
+        assert!(
+            !strs(&c[case]["args"]["kexecTree"]).contains(&"--store-parts"),
+            "{case}"
+        );
+        // The ramdisk is mkkexec's stage 1 + /nix-store.squashfs.
+        assert_eq!(
+            strs(&c[case]["args"]["netbootRamdisk"])[0],
+            "initrd",
+            "{case}"
+        );
+    }
 }
 
 #[test]

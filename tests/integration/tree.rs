@@ -508,6 +508,18 @@ fn installer_tarball_runs_as_nixos_anywhere_runs_it() {
 
 /// The fixture's tree with its store split by the test-only limit.
 fn build_split_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path, limit: u64) -> String {
+    build_parted_tree(f, dir, out, limit, &["--split-store"])
+}
+
+/// The fixture's tree with the test-only limit and `parts` (--split-store
+/// or --store-parts N); its stderr.
+fn build_parted_tree(
+    f: &Fixture,
+    dir: &Utf8Path,
+    out: &Utf8Path,
+    limit: u64,
+    parts: &[&str],
+) -> String {
     let kernel = dir.join("vmlinuz");
     let s1 = dir.join("stage1.gz");
     if !s1.exists() {
@@ -523,12 +535,9 @@ fn build_split_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path, limit: u64) -> 
         .arg(&kernel)
         .arg("--prepend-initrd")
         .arg(&s1)
-        .args([
-            "--squashfs-level",
-            "3",
-            "--split-store",
-            "--test-part-limit",
-        ])
+        .args(["--squashfs-level", "3"])
+        .args(parts)
+        .arg("--test-part-limit")
         .arg(limit.to_string())
         .arg("--output")
         .arg(out)
@@ -725,9 +734,163 @@ fn tree_splits_the_store_only_when_asked() {
             .arg(&out),
     );
     assert!(
-        err.contains("the store needs 3 squashfs images") && err.contains("--split-store"),
+        err.contains(
+            "the store needs 3 squashfs images: a newc cpio holds files up to 4 GiB. With the \
+             NixOS module, set nixosKexec.storeParts = 3 (mkkexec: --store-parts 3)"
+        ) && err.contains("--split-store"),
         "{err}"
     );
     assert!(!err.contains("squashfs:"), "{err}");
+    assert!(!out.exists());
+}
+
+/// The top-level names in a listing of `unsquashfs -lln`.
+fn top_names(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.split_once(" R/").map(|(_, n)| n.to_owned()))
+        .map(|n| n.split(" -> ").next().unwrap_or_default().to_owned())
+        .filter(|n| !n.contains('/'))
+        .collect()
+}
+
+#[test]
+fn tree_store_parts_writes_exactly_n_images_the_last_ones_empty() {
+    let (_t, dir) = tempdir();
+    let f = three_part_fixture(&dir);
+    let out = dir.join("tree");
+    let err = build_parted_tree(&f, &dir, &out, THREE_PART_LIMIT, &["--store-parts", "5"]);
+    assert!(
+        err.contains(
+            "mkkexec: the store fills 3 of the 5 squashfs images --store-parts asks for; the \
+             other 2 are empty"
+        ),
+        "{err}"
+    );
+    let x = dir.join("x");
+    extract_store(&dir, &out, &x);
+    let mut names: Vec<_> = std::fs::read_dir(&x)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "nix-store-1.squashfs",
+            "nix-store-2.squashfs",
+            "nix-store-3.squashfs",
+            "nix-store-4.squashfs",
+            "nix-store.squashfs"
+        ]
+    );
+    // The first three hold the store as --split-store splits it; the last
+    // two hold the root directory alone, as unsquashfs reads them.
+    let split = dir.join("split");
+    build_split_tree(&f, &dir, &split, THREE_PART_LIMIT);
+    let xs = dir.join("xs");
+    extract_store(&dir, &split, &xs);
+    for n in [
+        "nix-store.squashfs",
+        "nix-store-1.squashfs",
+        "nix-store-2.squashfs",
+    ] {
+        assert!(
+            std::fs::read(x.join(n)).expect("read") == std::fs::read(xs.join(n)).expect("read"),
+            "{n} differs from --split-store's"
+        );
+        assert!(!top_names(&listing(&x.join(n))).is_empty(), "{n}");
+    }
+    for n in ["nix-store-3.squashfs", "nix-store-4.squashfs"] {
+        let raw = ok(Command::new("unsquashfs")
+            .args(["-lln", "-d", "R"])
+            .arg(x.join(n)));
+        let entries: Vec<&str> = raw
+            .lines()
+            .filter(|l| l.ends_with(" R") || l.contains(" R/"))
+            .collect();
+        assert_eq!(entries.len(), 1, "{n}: {raw}");
+        assert!(entries[0].starts_with("drwxr-xr-x 0/0 "), "{n}: {raw}");
+        // A few KiB each.
+        let size = std::fs::metadata(x.join(n)).expect("stat").len();
+        assert!(size <= 8192, "{n}: {size} bytes");
+    }
+    // verify reads the empty parts as parts holding nothing.
+    let v = ok(mkkexec()
+        .args(["verify", "--closure"])
+        .arg(&f.registration)
+        .arg(&out));
+    assert!(!v.contains("not in the image"), "{v}");
+    // Built again: the same bytes.
+    let again = dir.join("again");
+    build_parted_tree(&f, &dir, &again, THREE_PART_LIMIT, &["--store-parts", "5"]);
+    for n in ["initrd.gz", "kexec-boot"] {
+        assert!(
+            std::fs::read(out.join(n)).expect("read")
+                == std::fs::read(again.join(n)).expect("read"),
+            "{n} differs between two builds"
+        );
+    }
+}
+
+#[test]
+fn tree_store_parts_one_is_the_unsplit_tree() {
+    let (_t, dir) = tempdir();
+    let f = fixture(&dir);
+    let plain = dir.join("plain");
+    build_parted_tree(&f, &dir, &plain, squashfs_limit(), &[]);
+    let one = dir.join("one");
+    build_parted_tree(&f, &dir, &one, squashfs_limit(), &["--store-parts", "1"]);
+    assert!(
+        std::fs::read(plain.join("initrd.gz")).expect("read")
+            == std::fs::read(one.join("initrd.gz")).expect("read")
+    );
+}
+
+/// The real bound (4 GiB - 1), spelled out for the test-only flag.
+fn squashfs_limit() -> u64 {
+    u64::from(u32::MAX)
+}
+
+#[test]
+fn tree_store_parts_refuses_a_store_that_needs_more_before_compressing() {
+    let (_t, dir) = tempdir();
+    let f = three_part_fixture(&dir);
+    let out = dir.join("tree");
+    std::fs::write(dir.join("vmlinuz"), "not really a kernel").expect("write");
+    let s1 = stage1_gz(&dir);
+    let run = |parts: &[&str]| {
+        fails(
+            mkkexec()
+                .args(["tree", "--closure"])
+                .arg(&f.registration)
+                .arg("--root")
+                .arg(&f.root)
+                .args(["--toplevel", &f.toplevel, "--kernel"])
+                .arg(dir.join("vmlinuz"))
+                .arg("--prepend-initrd")
+                .arg(&s1)
+                .args(parts)
+                .args([
+                    "--test-part-limit",
+                    &THREE_PART_LIMIT.to_string(),
+                    "--output",
+                ])
+                .arg(&out),
+        )
+    };
+    let err = run(&["--store-parts", "2"]);
+    assert_eq!(
+        err.trim_end(),
+        "mkkexec: error: the store needs 3 squashfs images (a newc cpio holds files up to 4 GiB), but \
+         --store-parts is 2: set nixosKexec.storeParts = 3 in the NixOS module (mkkexec: \
+         --store-parts 3). Nothing was compressed"
+    );
+    assert!(!out.exists());
+    // Zero parts is no layout; both flags at once ask two things.
+    let err = run(&["--store-parts", "0"]);
+    assert!(err.contains("--store-parts <N>"), "{err}");
+    let err = run(&["--store-parts", "3", "--split-store"]);
+    assert!(err.contains("cannot be used with"), "{err}");
     assert!(!out.exists());
 }

@@ -88,6 +88,9 @@ let
       drvPaths = lib.genAttrs outputs (o: build.${o}.drvPath);
       args = lib.genAttrs outputs (o: build.${o}.mkkexecArgs or null);
       fstab = lib.splitString "\n" build.initrdFstab;
+      # The mounts stage 1 makes, in order (./stage-1-mounts.nix).
+      mounts = build.stage1Mounts;
+      storeDepends = c.config.fileSystems."/nix/store".depends;
       imageFilePath = c.config.image.filePath;
       # The store paths whose closure the image holds.
       closure = map (p: p.name) build.squashfsStore.exportReferencesGraph.closure;
@@ -128,10 +131,32 @@ let
     initramfsOnTmpfs.settings.nixosKexec.initramfsOnRamfs = false;
     # nixpkgs 26.11: systemd's stage 1 only.
     noScriptedStage1.scriptedStage1 = false;
+    # A store in three parts.
+    partsSystemd.settings.nixosKexec.storeParts = 3;
+    partsScripted = {
+      systemdStage1 = false;
+      settings.nixosKexec.storeParts = 3;
+    };
   };
+  # The mounts of a four-part store for the boot test (tests/integration/
+  # boot.rs), for Debian's 6.1 kernel, which netboot.nix gives no
+  # threads=multi (its squashfs does not know it).
+  bootParts =
+    systemdStage1:
+    (eval {
+      inherit systemdStage1;
+      settings = {
+        nixosKexec.storeParts = 4;
+        boot.kernelPackages.kernel.kernelAtLeast = v: lib.versionAtLeast "6.1" v;
+      };
+    }).config.system.build.stage1Mounts;
 in
 lib.mapAttrs (_: args: facts (eval args)) cases
 // {
+  bootMounts = {
+    scripted = bootParts false;
+    systemd = bootParts true;
+  };
   configuration = installer (eval {
     settings = ../../configuration.nix;
   });

@@ -31,6 +31,7 @@ in
 {
   imports = [
     ./overlayfs.nix
+    ./stage-1-mounts.nix
     ./firewall-iptables.nix
     ./systemd-units.nix
   ];

@@ -1,5 +1,8 @@
 # fileSystems with the overlay submodule: nixos/modules/tasks/filesystems.nix
-# (mountPoint, device, fsType, options, neededForBoot, depends) and
+# (nixpkgs master, 2026: mountPoint, device, with the fsType as the device of
+# a special file system, fsType, options, neededForBoot, depends, and the
+# options it adds: x-initrd.mount on what stage 1 mounts and, under systemd's
+# stage 1, x-systemd.requires-mounts-for=/sysroot<p> for each depends) and
 # nixos/modules/tasks/filesystems/overlayfs.nix (overlay.*, and under systemd
 # stage 1 the /sysroot prefix of needed-for-boot overlays plus the service
 # that creates upperdir and workdir).
@@ -15,6 +18,15 @@ let
   systemd1 = config.boot.initrd.systemd.enable;
   prefixOf =
     fs: if systemd1 && fs.overlay.useStage1BaseDirectories && utils.fsNeededForBoot fs then "/sysroot" else "";
+
+  specialFSTypes = [
+    "proc"
+    "sysfs"
+    "tmpfs"
+    "ramfs"
+    "devtmpfs"
+    "devpts"
+  ];
 
   fsModule =
     { name, config, ... }:
@@ -63,23 +75,44 @@ let
           };
         };
       };
-      config = lib.mkIf (config.overlay.lowerdir != null) {
-        fsType = "overlay";
-        device = lib.mkDefault "overlay";
-        depends = config.overlay.lowerdir ++ lib.optionals (config.overlay.upperdir != null) [
-          config.overlay.upperdir
-          config.overlay.workdir
+      config = lib.mkMerge [
+        {
+          device = lib.mkIf (lib.elem config.fsType specialFSTypes) (lib.mkDefault config.fsType);
+          options =
+            let
+              inInitrd = utils.fsNeededForBoot config;
+            in
+            lib.mkMerge [
+              (lib.mkIf inInitrd [ "x-initrd.mount" ])
+              (lib.mkIf (config.depends != [ ] && (inInitrd -> systemd1)) (
+                map (
+                  d: "x-systemd.requires-mounts-for=${lib.optionalString inInitrd "/sysroot"}${d}"
+                ) config.depends
+              ))
+            ];
+        }
+        (overlayConfig config)
+      ];
+    };
+  # overlayfs.nix's own part of the submodule.
+  overlayConfig =
+    config:
+    lib.mkIf (config.overlay.lowerdir != null) {
+      fsType = "overlay";
+      device = lib.mkDefault "overlay";
+      depends = config.overlay.lowerdir ++ lib.optionals (config.overlay.upperdir != null) [
+        config.overlay.upperdir
+        config.overlay.workdir
+      ];
+      options =
+        let
+          p = prefixOf config;
+        in
+        [ "lowerdir=${lib.concatMapStringsSep ":" (d: p + d) config.overlay.lowerdir}" ]
+        ++ lib.optionals (config.overlay.upperdir != null) [
+          "upperdir=${p + config.overlay.upperdir}"
+          "workdir=${p + config.overlay.workdir}"
         ];
-        options =
-          let
-            p = prefixOf config;
-          in
-          [ "lowerdir=${lib.concatMapStringsSep ":" (d: p + d) config.overlay.lowerdir}" ]
-          ++ lib.optionals (config.overlay.upperdir != null) [
-            "upperdir=${p + config.overlay.upperdir}"
-            "workdir=${p + config.overlay.workdir}"
-          ];
-      };
     };
   initrdOverlays = lib.filterAttrs (
     _: fs: fs.overlay.lowerdir != null && utils.fsNeededForBoot fs

@@ -1,4 +1,5 @@
-# nixos/lib/utils.nix: the two functions the filesystem modules use.
+# nixos/lib/utils.nix (nixpkgs master, 2026): the functions the filesystem
+# modules use (fsNeededForBoot, fsBefore, escapeSystemdPath).
 { lib }:
 {
   # The mount points stage 1 mounts whether or not they say neededForBoot.
@@ -16,6 +17,17 @@
       "/etc"
       "/usr"
     ];
+
+  # Whether file system `b` must be mounted after `a`: a's mount point is
+  # a parent (or the same) of b's device, mount point or one of its depends,
+  # compared with a trailing slash so that /aaa is no parent of /aaaa.
+  fsBefore =
+    a: b:
+    let
+      slash = p: if lib.hasSuffix "/" p then p else p + "/";
+      under = p: lib.hasPrefix (slash a.mountPoint) (slash p);
+    in
+    under (toString b.device) || under b.mountPoint || lib.any under b.depends;
 
   # systemd-escape --path, for the paths that occur here.
   escapeSystemdPath =
