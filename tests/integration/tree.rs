@@ -511,23 +511,23 @@ fn build_split_tree(f: &Fixture, dir: &Utf8Path, out: &Utf8Path, limit: u64) -> 
     build_parted_tree(f, dir, out, limit, &["--split-store"])
 }
 
-/// The fixture's tree with the test-only limit and `parts` (--split-store
-/// or --store-parts N); its stderr.
-fn build_parted_tree(
+/// `mkkexec tree` of the fixture with the test-only limit and `parts`
+/// (--split-store, --store-parts N, or nothing), writing `out`.
+fn parted_tree_cmd(
     f: &Fixture,
     dir: &Utf8Path,
     out: &Utf8Path,
     limit: u64,
     parts: &[&str],
-) -> String {
+) -> Command {
     let kernel = dir.join("vmlinuz");
     let s1 = dir.join("stage1.gz");
     if !s1.exists() {
         std::fs::write(&kernel, "not really a kernel").expect("write");
         stage1_gz(dir);
     }
-    let o = mkkexec()
-        .args(["tree", "--closure"])
+    let mut c = mkkexec();
+    c.args(["tree", "--closure"])
         .arg(&f.registration)
         .arg("--root")
         .arg(&f.root)
@@ -540,7 +540,19 @@ fn build_parted_tree(
         .arg("--test-part-limit")
         .arg(limit.to_string())
         .arg("--output")
-        .arg(out)
+        .arg(out);
+    c
+}
+
+/// [`parted_tree_cmd`], which must succeed; its stderr.
+fn build_parted_tree(
+    f: &Fixture,
+    dir: &Utf8Path,
+    out: &Utf8Path,
+    limit: u64,
+    parts: &[&str],
+) -> String {
+    let o = parted_tree_cmd(f, dir, out, limit, parts)
         .output()
         .expect("run mkkexec");
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -682,21 +694,7 @@ fn tree_refuses_a_store_path_past_the_limit_before_compressing() {
     let (_t, dir) = tempdir();
     let f = fixture(&dir);
     let out = dir.join("tree");
-    std::fs::write(dir.join("vmlinuz"), "not really a kernel").expect("write");
-    let s1 = stage1_gz(&dir);
-    let err = fails(
-        mkkexec()
-            .args(["tree", "--closure"])
-            .arg(&f.registration)
-            .arg("--root")
-            .arg(&f.root)
-            .args(["--toplevel", &f.toplevel, "--kernel"])
-            .arg(dir.join("vmlinuz"))
-            .arg("--prepend-initrd")
-            .arg(&s1)
-            .args(["--test-part-limit", "1000000", "--output"])
-            .arg(&out),
-    );
+    let err = fails(&mut parted_tree_cmd(&f, &dir, &out, 1_000_000, &[]));
     assert!(
         err.contains(
             "-data (21057152 bytes as a NAR) cannot fit one squashfs image of at most \
@@ -714,25 +712,7 @@ fn tree_splits_the_store_only_when_asked() {
     let (_t, dir) = tempdir();
     let f = three_part_fixture(&dir);
     let out = dir.join("tree");
-    std::fs::write(dir.join("vmlinuz"), "not really a kernel").expect("write");
-    let s1 = stage1_gz(&dir);
-    let err = fails(
-        mkkexec()
-            .args(["tree", "--closure"])
-            .arg(&f.registration)
-            .arg("--root")
-            .arg(&f.root)
-            .args(["--toplevel", &f.toplevel, "--kernel"])
-            .arg(dir.join("vmlinuz"))
-            .arg("--prepend-initrd")
-            .arg(&s1)
-            .args([
-                "--test-part-limit",
-                &THREE_PART_LIMIT.to_string(),
-                "--output",
-            ])
-            .arg(&out),
-    );
+    let err = fails(&mut parted_tree_cmd(&f, &dir, &out, THREE_PART_LIMIT, &[]));
     assert!(
         err.contains(
             "the store needs 3 squashfs images: a newc cpio holds files up to 4 GiB. With the \
@@ -857,27 +837,14 @@ fn tree_store_parts_refuses_a_store_that_needs_more_before_compressing() {
     let (_t, dir) = tempdir();
     let f = three_part_fixture(&dir);
     let out = dir.join("tree");
-    std::fs::write(dir.join("vmlinuz"), "not really a kernel").expect("write");
-    let s1 = stage1_gz(&dir);
     let run = |parts: &[&str]| {
-        fails(
-            mkkexec()
-                .args(["tree", "--closure"])
-                .arg(&f.registration)
-                .arg("--root")
-                .arg(&f.root)
-                .args(["--toplevel", &f.toplevel, "--kernel"])
-                .arg(dir.join("vmlinuz"))
-                .arg("--prepend-initrd")
-                .arg(&s1)
-                .args(parts)
-                .args([
-                    "--test-part-limit",
-                    &THREE_PART_LIMIT.to_string(),
-                    "--output",
-                ])
-                .arg(&out),
-        )
+        fails(&mut parted_tree_cmd(
+            &f,
+            &dir,
+            &out,
+            THREE_PART_LIMIT,
+            parts,
+        ))
     };
     let err = run(&["--store-parts", "2"]);
     assert_eq!(
