@@ -4,6 +4,7 @@
 //! cannot disagree.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use backhand::compression::{CompressionAction, Compressor, DefaultCompressor};
@@ -134,10 +135,14 @@ fn from_fs(fs: FilesystemCompressor, block_size: u32) -> Option<Codec> {
 }
 
 /// The [`CompressionAction`] backhand compresses every block with:
-/// [`Codec::compress`] of the codec its settings stand for. It holds
-/// nothing, so one static serves every image (backhand wants it `'static`)
-/// and backhand may call it from its worker threads.
-pub struct MkCompressor;
+/// [`Codec::compress`] of the codec its settings stand for, behind the
+/// [`BlockCache`] when the build has one (a block found there is not
+/// compressed again). Without a cache it holds nothing, so [`NO_CACHE`]
+/// serves every such image (backhand wants it `'static`); backhand calls it
+/// from its worker threads.
+pub struct MkCompressor(pub Option<Arc<BlockCache>>);
+
+pub static NO_CACHE: MkCompressor = MkCompressor(None);
 
 impl CompressionAction for MkCompressor {
     type Error = BackhandError;
@@ -160,54 +165,18 @@ impl CompressionAction for MkCompressor {
         fs: FilesystemCompressor,
         block_size: u32,
     ) -> Result<Vec<u8>, BackhandError> {
-        match from_fs(fs, block_size) {
+        let compress = || match from_fs(fs, block_size) {
             Some(codec) => codec.compress(bytes),
             None => DefaultCompressor.compress(bytes, fs, block_size),
-        }
-    }
-
-    fn compression_options(
-        &self,
-        sb: &mut backhand::SuperBlock,
-        kind: &backhand::kind::Kind,
-        fs: FilesystemCompressor,
-    ) -> Result<Option<Vec<u8>>, BackhandError> {
-        DefaultCompressor.compression_options(sb, kind, fs)
-    }
-}
-
-/// [`MkCompressor`] behind a [`BlockCache`]: a block found there is not
-/// compressed again.
-pub struct CachedCompressor(pub std::sync::Arc<BlockCache>);
-
-impl CompressionAction for CachedCompressor {
-    type Error = BackhandError;
-    type Compressor = Compressor;
-    type FilesystemCompressor = FilesystemCompressor;
-    type SuperBlock = backhand::SuperBlock;
-
-    fn decompress(
-        &self,
-        bytes: &[u8],
-        out: &mut Vec<u8>,
-        c: Compressor,
-    ) -> Result<(), BackhandError> {
-        MkCompressor.decompress(bytes, out, c)
-    }
-
-    fn compress(
-        &self,
-        bytes: &[u8],
-        fs: FilesystemCompressor,
-        block_size: u32,
-    ) -> Result<Vec<u8>, BackhandError> {
-        Ok(self.0.get_or(bytes, || {
-            MkCompressor
-                .compress(bytes, fs, block_size)
-                .map_err(|e| match e {
-                    BackhandError::StdIo(io) => io,
-                    other => std::io::Error::other(other),
-                })
+        };
+        let Some(cache) = &self.0 else {
+            return compress();
+        };
+        Ok(cache.get_or(bytes, || {
+            compress().map_err(|e| match e {
+                BackhandError::StdIo(io) => io,
+                other => std::io::Error::other(other),
+            })
         })?)
     }
 
@@ -217,7 +186,7 @@ impl CompressionAction for CachedCompressor {
         kind: &backhand::kind::Kind,
         fs: FilesystemCompressor,
     ) -> Result<Option<Vec<u8>>, BackhandError> {
-        MkCompressor.compression_options(sb, kind, fs)
+        DefaultCompressor.compression_options(sb, kind, fs)
     }
 }
 

@@ -30,8 +30,8 @@ mod cache;
 mod codec;
 
 use cache::BlockCache;
-use codec::{CachedCompressor, MkCompressor};
 pub use codec::{Codec, DEFAULT_BLOCK_SIZE, SquashfsCompression};
+use codec::{MkCompressor, NO_CACHE};
 
 use crate::nix::closure::Closure;
 use crate::nix::nar::{self, NarStream};
@@ -443,14 +443,13 @@ pub fn build_part(
         Some(dir) => Some(Arc::new(BlockCache::open(dir, &opts.codec)?)),
         None => None,
     };
-    match &cache {
-        // backhand wants the compressor `'static`: one per build, alive
-        // until the process ends.
-        Some(c) => fs.set_kind(Kind::new_v4(Box::leak(Box::new(CachedCompressor(
-            Arc::clone(c),
-        ))))),
-        None => fs.set_kind(Kind::new_v4(&MkCompressor)),
-    }
+    // backhand wants the compressor `'static`: one per build with a cache,
+    // alive until the process ends.
+    let compressor: &'static MkCompressor = match &cache {
+        Some(c) => Box::leak(Box::new(MkCompressor(Some(Arc::clone(c))))),
+        None => &NO_CACHE,
+    };
+    fs.set_kind(Kind::new_v4(compressor));
     fs.set_jobs(opts.jobs as usize);
 
     let mut out = AtomicFile::create(output)?;
