@@ -2,10 +2,11 @@
 //!
 //! Each block backhand compresses is kept under the sha256 of its
 //! uncompressed bytes and of everything that decides the compressed bytes
-//! (the compression, level and block size, the linked zstd's version and
-//! the Cargo.lock this binary was built from, which pins every Rust and
-//! bundled C compressor). A rebuild takes a block from here instead of
-//! compressing it, so the image is the one a cold build writes.
+//! (the compression, level and block size, [`super::codec::REVISION`], the
+//! linked zstd's version and the Cargo.lock this binary was built from,
+//! which pins every Rust and bundled C compressor). A rebuild takes a block
+//! from here instead of compressing it, so the image is the one a cold
+//! build writes.
 //!
 //! ```text
 //! DIR/ab/abcdef…   "mkkexec-block-1" (16 bytes), kind (1: 0 bytes as is,
@@ -37,10 +38,11 @@ const HEADER: usize = 16 + 1 + 8 + 32;
 /// What decides a compressed block besides its bytes.
 fn settings(codec: &Codec) -> Vec<u8> {
     format!(
-        "compression={:?} level={} block_size={} zstd={} lock={}\n",
+        "compression={:?} level={} block_size={} codec={} zstd={} lock={}\n",
         codec.compression,
         codec.level,
         codec.block_size,
+        super::codec::REVISION,
         zstd::zstd_safe::version_number(),
         data_encoding::HEXLOWER.encode(&Sha256::digest(include_bytes!("../../Cargo.lock"))),
     )

@@ -48,6 +48,13 @@ impl Leveled for SquashfsCompression {
     }
 }
 
+/// What [`Codec::compress`] decides besides the compressor's own output
+/// (today: zstd's fast probe that stores a block as is). Part of a block
+/// cache's key: raise it whenever the same bytes, compression and level
+/// could come out differently, or a warm cache would hand out blocks of the
+/// old choice and a rebuild would differ from a cold build.
+pub const REVISION: u32 = 1;
+
 /// The largest block squashfs allows, and nixpkgs' make-squashfs.nix's.
 pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
 
