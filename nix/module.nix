@@ -239,7 +239,7 @@ in
           Compression of the cpio that carries the squashfs after stage 1
           (stage 1 itself stays as `boot.initrd.compressor` made it). The
           squashfs is compressed already: compressing it again saves 1.6% of
-          the download at zstd level 19 for 40% more build time, 0.8% at level
+          the download at zstd level 19 for 55% more build time, 0.8% at level
           3 for about a second per GiB, and the new kernel needs the same RAM
           either way (README, "Memory" and "Benchmarks").
         '';

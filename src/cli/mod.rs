@@ -95,7 +95,7 @@ pub struct SquashfsArgs {
 pub struct InitrdArgs {
     /// Compression of the appended cpio (the kernel reads zstd, gzip, xz with CRC32, or none).
     /// By default none: the squashfs in it is compressed already; compressing it again saves
-    /// 1.6% of the bytes at zstd 19 for 40% more build time, 0.8% at zstd 3 for about a second
+    /// 1.6% of the bytes at zstd 19 for 55% more build time, 0.8% at zstd 3 for about a second
     /// per GiB (README, "Benchmarks").
     #[arg(long, value_enum, default_value_t = InitrdCompression::None)]
     pub initrd_compression: InitrdCompression,
