@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::script::{self, BootSpec};
-use crate::initrd::{self, FileSpec};
+use crate::initrd::{self, FileSpec, InitrdCompression};
 use crate::nix::closure::Closure;
 use crate::output::{TempDir, write_file};
 use crate::squashfs;
@@ -255,18 +255,36 @@ fn build_in(
     ipxe: bool,
     parts: &[Vec<usize>],
 ) -> Result<()> {
-    let mut files = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        let dest = part_name(i);
-        let img = dir.join(dest.trim_start_matches('/'));
-        squashfs::build_part(closure, opts.root, &img, &opts.squashfs, part, i == 0)?;
-        files.push(FileSpec { src: img, dest });
-    }
-
     let initrd_path = dir.join("initrd.gz");
-    initrd::build(&initrd_path, opts.prepend_initrd, &files, &opts.initrd)?;
-    for f in &files {
-        std::fs::remove_file(&f.src).with_context(|| format!("cannot remove {}", f.src))?;
+    if opts.initrd.codec.compression == InitrdCompression::None {
+        // Each image is written into the initrd where it belongs: not
+        // written to a file first and copied, which took its size twice.
+        let dests: Vec<String> = (0..parts.len()).map(part_name).collect();
+        initrd::build_in_place(&initrd_path, opts.prepend_initrd, &dests, |i, w, at| {
+            let what = format!("squashfs {} in {initrd_path}", dests[i]);
+            squashfs::write_part(
+                closure,
+                opts.root,
+                w,
+                at,
+                &what,
+                &opts.squashfs,
+                &parts[i],
+                i == 0,
+            )
+        })?;
+    } else {
+        let mut files = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let dest = part_name(i);
+            let img = dir.join(dest.trim_start_matches('/'));
+            squashfs::build_part(closure, opts.root, &img, &opts.squashfs, part, i == 0)?;
+            files.push(FileSpec { src: img, dest });
+        }
+        initrd::build(&initrd_path, opts.prepend_initrd, &files, &opts.initrd)?;
+        for f in &files {
+            std::fs::remove_file(&f.src).with_context(|| format!("cannot remove {}", f.src))?;
+        }
     }
 
     let kernel = std::fs::read(opts.kernel)

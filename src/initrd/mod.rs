@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
@@ -113,20 +113,14 @@ fn plan(files: &[FileSpec]) -> Result<BTreeMap<String, Entry>> {
     Ok(entries)
 }
 
-/// Write `files` as a compressed cpio after `prepend` into `output`.
-pub fn build(
-    output: &Utf8Path,
-    prepend: &[Utf8PathBuf],
-    files: &[FileSpec],
-    opts: &Options,
-) -> Result<()> {
+/// `output` with `prepend` copied into it and padded for the cpio that
+/// follows.
+fn start(output: &Utf8Path, prepend: &[Utf8PathBuf]) -> Result<AtomicFile> {
     for p in prepend {
         check_prepend(p)?;
     }
-    let entries = plan(files)?;
     let mut out = AtomicFile::create(output)?;
     let mut offset = 0u64;
-    let cannot_write = || format!("cannot write {output}");
     for p in prepend {
         let f = File::open(p).with_context(|| format!("cannot open initrd {p} to prepend"))?;
         let mut f = Tracked::new(f);
@@ -134,7 +128,7 @@ pub fn build(
             if f.failed {
                 format!("cannot read initrd {p} to prepend")
             } else {
-                cannot_write()
+                format!("cannot write {output}")
             }
         })?;
     }
@@ -142,7 +136,69 @@ pub fn build(
     // skips the zeros between members.
     let pad = (4 - offset % 4) % 4;
     out.write_all(&[0u8; 3][..pad as usize])
-        .with_context(cannot_write)?;
+        .with_context(|| format!("cannot write {output}"))?;
+    Ok(out)
+}
+
+/// What [`build`] writes with no compression for files of mode 0644 at
+/// `dests` (at the initrd's root), each written in place by `write` instead
+/// of copied from a file: the tree's store images, which so need no room of
+/// their own on disk first. `write(i, out, at)` writes the file `dests[i]`
+/// into `out`, which is at offset `at`, and returns how many bytes it
+/// wrote.
+pub fn build_in_place(
+    output: &Utf8Path,
+    prepend: &[Utf8PathBuf],
+    dests: &[String],
+    mut write: impl FnMut(usize, &mut AtomicFile, u64) -> Result<u64>,
+) -> Result<()> {
+    let mut named = Vec::with_capacity(dests.len());
+    for (i, dest) in dests.iter().enumerate() {
+        let name = normalize(dest)?;
+        if name.contains('/') {
+            bail!("{dest} is not at the initrd's root");
+        }
+        named.push((name, i));
+    }
+    // The order `build` writes them in.
+    named.sort();
+    let mut cpio = NewcWriter::new(start(output, prepend)?);
+    for (name, i) in named {
+        // The writer's own errors say what they were writing; the cpio's
+        // (a header, a full disk) are said of the initrd.
+        let mut theirs = false;
+        cpio.file_in_place(&name, 0o644, |w, at| {
+            write(i, w, at).inspect_err(|_| theirs = true)
+        })
+        .map_err(|e| {
+            if theirs {
+                e
+            } else {
+                e.context(format!("cannot write {output}"))
+            }
+        })?;
+    }
+    let mut out = cpio
+        .finish()
+        .with_context(|| format!("cannot write {output}"))?;
+    // Past the trailer: what a writer in place may have left beyond its end.
+    let len = out
+        .stream_position()
+        .with_context(|| format!("cannot write {output}"))?;
+    out.truncate(len)?;
+    out.commit()
+}
+
+/// Write `files` as a compressed cpio after `prepend` into `output`.
+pub fn build(
+    output: &Utf8Path,
+    prepend: &[Utf8PathBuf],
+    files: &[FileSpec],
+    opts: &Options,
+) -> Result<()> {
+    let entries = plan(files)?;
+    let out = start(output, prepend)?;
+    let cannot_write = || format!("cannot write {output}");
 
     let total: u64 = entries
         .values()

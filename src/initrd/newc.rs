@@ -11,7 +11,7 @@
 //! [`NewcWriter::finish`] consumes the writer so the trailer cannot be
 //! forgotten.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use anyhow::{Context, Result, bail};
 
@@ -117,6 +117,34 @@ impl<W: Write> NewcWriter<W> {
     }
 }
 
+impl<W: Write + Seek> NewcWriter<W> {
+    /// A regular file whose data `write` puts in place: it gets the writer
+    /// at the data's position (and that position), writes, and returns how
+    /// many bytes it wrote. The header's size is filled in after; the
+    /// writer is left at the data's end, over anything `write` left past it.
+    pub fn file_in_place(
+        &mut self,
+        name: &str,
+        perm: u32,
+        write: impl FnOnce(&mut W, u64) -> Result<u64>,
+    ) -> Result<()> {
+        let header_at = self.w.stream_position()?;
+        self.header(name, S_IFREG | (perm & 0o7777), 1, 0)?;
+        let data_at = self.w.stream_position()?;
+        let size = write(&mut self.w, data_at)?;
+        let size32: u32 = size.try_into().ok().with_context(|| {
+            format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB")
+        })?;
+        // The size is the seventh 8-digit field after the 6-byte magic.
+        self.w.seek(SeekFrom::Start(header_at + 6 + 6 * 8))?;
+        self.w.write_all(format!("{size32:08X}").as_bytes())?;
+        self.w.seek(SeekFrom::Start(data_at + size))?;
+        self.offset += size;
+        self.pad()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +174,28 @@ mod tests {
             r = e.finish().expect("next");
         }
         assert_eq!(names, [("a".into(), 0), ("a/f".into(), 5)]);
+    }
+
+    #[test]
+    fn a_file_in_place_is_the_file() {
+        let mut w = NewcWriter::new(Vec::new());
+        w.dir("a", 0o755).expect("dir");
+        w.file("a/f", 0o644, 5, &b"hello"[..]).expect("file");
+        w.file("b", 0o755, 3, &b"abc"[..]).expect("file");
+        let plain = w.finish().expect("finish");
+
+        let mut w = NewcWriter::new(io::Cursor::new(Vec::new()));
+        w.dir("a", 0o755).expect("dir");
+        w.file_in_place("a/f", 0o644, |c, at| {
+            assert_eq!(c.stream_position()?, at);
+            // Stale bytes past the end, as backhand may leave them.
+            c.write_all(b"helloSTALE")?;
+            Ok(5)
+        })
+        .expect("in place");
+        w.file("b", 0o755, 3, &b"abc"[..]).expect("file");
+        let in_place = w.finish().expect("finish").into_inner();
+        assert_eq!(in_place, plain);
     }
 
     #[test]

@@ -159,13 +159,13 @@ fn backhand_error(e: BackhandError) -> anyhow::Error {
 
 /// What failed while the image was written: a source file (named, and
 /// blamed alone) or the output.
-fn write_error(e: BackhandError, output: &Utf8Path) -> anyhow::Error {
+fn write_error(e: BackhandError, what: &str) -> anyhow::Error {
     if let BackhandError::StdIo(io) = &e
         && let Some(fault) = io.get_ref().and_then(|i| i.downcast_ref::<SourceFault>())
     {
         return anyhow::anyhow!("{fault}");
     }
-    backhand_error(e).context(format!("cannot write squashfs {output}"))
+    backhand_error(e).context(format!("cannot write {what}"))
 }
 
 /// Totals found while walking the closure.
@@ -402,6 +402,38 @@ pub fn build_part(
     part: &[usize],
     registration: bool,
 ) -> Result<()> {
+    let mut out = AtomicFile::create(output)?;
+    let len = write_part(
+        closure,
+        root,
+        &mut out,
+        0,
+        &format!("squashfs {output}"),
+        opts,
+        part,
+        registration,
+    )?;
+    // backhand writes a duplicate file's data, then seeks back over it; when
+    // that was the last data, stale bytes stay past the image's end.
+    out.truncate(len)?;
+    out.commit()
+}
+
+/// Write the image of [`build_part`] into `out` from `offset` on (inside an
+/// uncompressed initrd, say) and return its length; `what` names it in
+/// errors. Bytes past `offset` + the length may be stale: the caller writes
+/// over them or cuts them off.
+#[allow(clippy::too_many_arguments)]
+pub fn write_part<W: io::Write + io::Seek>(
+    closure: &Closure,
+    root: &Utf8Path,
+    out: &mut W,
+    offset: u64,
+    what: &str,
+    opts: &Options,
+    part: &[usize],
+    registration: bool,
+) -> Result<u64> {
     let infos: Vec<&PathInfo> = part.iter().filter_map(|&i| closure.paths.get(i)).collect();
 
     let counters = Arc::new(Counters::default());
@@ -452,16 +484,13 @@ pub fn build_part(
     fs.set_kind(Kind::new_v4(compressor));
     fs.set_jobs(opts.jobs as usize);
 
-    let mut out = AtomicFile::create(output)?;
     let progress = Progress::start("squashfs", opts.quiet, counters, stats.files, stats.bytes);
-    let (_, len) = fs.write(&mut out).map_err(|e| write_error(e, output))?;
-    // backhand writes a duplicate file's data, then seeks back over it; when
-    // that was the last data, stale bytes stay past the image's end.
-    out.truncate(len)?;
+    let (_, len) = fs
+        .write_with_offset(&mut *out, offset)
+        .map_err(|e| write_error(e, what))?;
     drop(progress);
     drop(fs);
     check_nar_hashes(closure, &infos, root, nars)?;
-    out.commit()?;
     let mut cache_line = String::new();
     if let (Some(c), Some(dir)) = (&cache, &opts.cache) {
         cache_line = format!(", {}", c.summary());
@@ -473,16 +502,15 @@ pub fn build_part(
         }
     }
     if !opts.quiet {
-        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         eprintln!(
             "squashfs: {} store paths, {} files, {} → {}{cache_line}",
             infos.len(),
             stats.files,
             mib(stats.bytes),
-            mib(size)
+            mib(len)
         );
     }
-    Ok(())
+    Ok(len)
 }
 
 #[cfg(test)]

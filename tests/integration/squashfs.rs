@@ -586,8 +586,8 @@ fn full_disk_leaves_nothing() {
     );
     assert_eq!(
         e.replace(dir.as_str(), "[DIR]"),
-        "mkkexec: error: cannot write squashfs [DIR]/small/tree/nix-store.squashfs: \
-         No space left on device (os error 28)\n"
+        "mkkexec: error: cannot write squashfs /nix-store.squashfs in \
+         [DIR]/small/tree/initrd.gz: No space left on device (os error 28)\n"
     );
     no_leftovers(&small);
 }

@@ -861,3 +861,47 @@ fn tree_store_parts_refuses_a_store_that_needs_more_before_compressing() {
     assert!(err.contains("cannot be used with"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn tree_writes_its_images_into_the_initrd_as_a_compressed_cpio_holds_them() {
+    // Uncompressed (the default), each store image is written straight into
+    // the initrd; compressed, it is written to a file and copied through the
+    // compressor. The cpio must be the same byte for byte, for every part.
+    let (_t, dir) = tempdir();
+    let f = three_part_fixture(&dir);
+    let (in_place, copied) = (dir.join("in-place"), dir.join("copied"));
+    build_split_tree(&f, &dir, &in_place, THREE_PART_LIMIT);
+    build_parted_tree(
+        &f,
+        &dir,
+        &copied,
+        THREE_PART_LIMIT,
+        &[
+            "--split-store",
+            "--initrd-compression",
+            "zstd",
+            "--initrd-level",
+            "1",
+        ],
+    );
+    let s1 = std::fs::read(dir.join("stage1.gz")).expect("read");
+    let start = s1.len().div_ceil(4) * 4;
+    let zstd = std::fs::read(copied.join("initrd.gz")).expect("read");
+    std::fs::write(dir.join("member.zst"), &zstd[start..]).expect("write");
+    sh(&format!("zstd -dc {dir}/member.zst > {dir}/member.cpio"));
+    let mut want = zstd[..start].to_vec();
+    want.extend(std::fs::read(dir.join("member.cpio")).expect("read"));
+    let got = std::fs::read(in_place.join("initrd.gz")).expect("read");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the images written in place differ");
+    // Nothing but the tree's files is left beside them.
+    let mut names: Vec<_> = std::fs::read_dir(&in_place)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["bin", "bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]
+    );
+}
