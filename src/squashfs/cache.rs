@@ -2,9 +2,10 @@
 //!
 //! Each block backhand compresses is kept under the sha256 of its
 //! uncompressed bytes and of everything that decides the compressed bytes
-//! (the compression, level and block size, [`super::codec::REVISION`], the
-//! linked zstd's version and the Cargo.lock this binary was built from,
-//! which pins every Rust and bundled C compressor). A rebuild takes a block
+//! ([`super::codec::Codec::cache_settings`]: the compression, level and
+//! block size, mkkexec's own choices, the linked zstd's version and the
+//! Cargo.lock this binary was built from, which pins every Rust and bundled
+//! C compressor). A rebuild takes a block
 //! from here instead of compressing it, so the image is the one a cold
 //! build writes.
 //!
@@ -30,24 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::codec::Codec;
-
 const MAGIC: &[u8; 16] = b"mkkexec-block-1\0";
 const HEADER: usize = 16 + 1 + 8 + 32;
-
-/// What decides a compressed block besides its bytes.
-fn settings(codec: &Codec) -> Vec<u8> {
-    format!(
-        "compression={:?} level={} block_size={} codec={} zstd={} lock={}\n",
-        codec.compression,
-        codec.level,
-        codec.block_size,
-        super::codec::REVISION,
-        zstd::zstd_safe::version_number(),
-        data_encoding::HEXLOWER.encode(&Sha256::digest(include_bytes!("../../Cargo.lock"))),
-    )
-    .into_bytes()
-}
 
 /// A cache directory and what a build took from it.
 #[derive(Debug)]
@@ -66,8 +51,9 @@ pub struct BlockCache {
 }
 
 impl BlockCache {
-    /// Open (and create) `dir` for blocks compressed by `codec`.
-    pub fn open(dir: &Path, codec: &Codec) -> Result<Self> {
+    /// Open (and create) `dir` for blocks compressed as `settings` say
+    /// ([`super::codec::Codec::cache_settings`]).
+    pub fn open(dir: &Path, settings: Vec<u8>) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| {
             format!(
                 "cannot create the block cache {}; make it writable or leave out --cache",
@@ -82,7 +68,7 @@ impl BlockCache {
         Ok(BlockCache {
             dir: dir.to_owned(),
             dir_mode,
-            settings: settings(codec),
+            settings,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             repaired: AtomicU64::new(0),

@@ -91,6 +91,21 @@ impl Codec {
         })
     }
 
+    /// What decides a compressed block besides its bytes: the key of a
+    /// block cache ([`BlockCache`]) holds it.
+    pub fn cache_settings(&self) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        format!(
+            "compression={:?} level={} block_size={} codec={REVISION} zstd={} lock={}\n",
+            self.compression,
+            self.level,
+            self.block_size,
+            zstd::zstd_safe::version_number(),
+            data_encoding::HEXLOWER.encode(&Sha256::digest(include_bytes!("../../Cargo.lock"))),
+        )
+        .into_bytes()
+    }
+
     /// Whether the superblock carries compressor options (not for `none`,
     /// which only borrows gzip's id).
     pub fn emits_options(&self) -> bool {

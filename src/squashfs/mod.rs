@@ -472,7 +472,10 @@ pub fn write_part<W: io::Write + io::Seek>(
     let Walker { mut fs, stats, .. } = w;
 
     let cache = match &opts.cache {
-        Some(dir) => Some(Arc::new(BlockCache::open(dir, &opts.codec)?)),
+        Some(dir) => Some(Arc::new(BlockCache::open(
+            dir,
+            opts.codec.cache_settings(),
+        )?)),
         None => None,
     };
     // backhand wants the compressor `'static`: one per build with a cache,
