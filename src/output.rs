@@ -94,12 +94,15 @@ pub struct TempDir {
 impl TempDir {
     pub fn beside(dest: &Utf8Path) -> Result<Self> {
         let (dir, name) = split(dest)?;
+        // Held from before the directory exists until it is listed, so that
+        // a signal's cleanup (which takes the list) cannot fall in between.
+        let mut list = pending();
         let t = tempfile::Builder::new()
             .prefix(&format!(".{name}.tmp-"))
             .tempdir_in(&dir)
             .with_context(|| format!("cannot create a temporary directory in {dir}"))?;
         let path = utf8(t.keep())?;
-        pending().push(path.clone().into());
+        list.push(path.clone().into());
         Ok(TempDir { path: Some(path) })
     }
 
@@ -148,6 +151,8 @@ impl AtomicFile {
             bail!("output {dest} is a directory; name a file to write instead");
         }
         let (dir, name) = split(dest)?;
+        // As in TempDir::beside: no signal between creating and listing.
+        let mut list = pending();
         let (file, tmp) = tempfile::Builder::new()
             .prefix(&format!(".{name}.tmp-"))
             .tempfile_in(&dir)
@@ -157,7 +162,7 @@ impl AtomicFile {
             .keep()
             .context("cannot keep the temporary file")?;
         let tmp = utf8(tmp)?;
-        pending().push(tmp.clone().into());
+        list.push(tmp.clone().into());
         Ok(AtomicFile {
             tmp,
             dest: dest.to_owned(),
