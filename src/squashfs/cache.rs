@@ -5,9 +5,8 @@
 //! ([`super::codec::Codec::cache_settings`]: the compression, level and
 //! block size, mkkexec's own choices, the linked zstd's version and the
 //! Cargo.lock this binary was built from, which pins every Rust and bundled
-//! C compressor). A rebuild takes a block
-//! from here instead of compressing it, so the image is the one a cold
-//! build writes.
+//! C compressor). A rebuild takes a block from here instead of compressing
+//! it, so the image is the one a cold build writes.
 //!
 //! ```text
 //! DIR/ab/abcdef…   "mkkexec-block-1" (16 bytes), kind (1: 0 bytes as is,
