@@ -162,6 +162,7 @@ pub fn build_in_place(
     }
     // The order `build` writes them in.
     named.sort();
+    let cannot_write = || format!("cannot write {output}");
     let mut cpio = NewcWriter::new(start(output, prepend)?);
     for (name, i) in named {
         // The writer's own errors say what they were writing; the cpio's
@@ -170,21 +171,11 @@ pub fn build_in_place(
         cpio.file_in_place(&name, 0o644, |w, at| {
             write(i, w, at).inspect_err(|_| theirs = true)
         })
-        .map_err(|e| {
-            if theirs {
-                e
-            } else {
-                e.context(format!("cannot write {output}"))
-            }
-        })?;
+        .map_err(|e| if theirs { e } else { e.context(cannot_write()) })?;
     }
-    let mut out = cpio
-        .finish()
-        .with_context(|| format!("cannot write {output}"))?;
+    let mut out = cpio.finish().with_context(cannot_write)?;
     // Past the trailer: what a writer in place may have left beyond its end.
-    let len = out
-        .stream_position()
-        .with_context(|| format!("cannot write {output}"))?;
+    let len = out.stream_position().with_context(cannot_write)?;
     out.truncate(len)?;
     out.commit()
 }

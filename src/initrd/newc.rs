@@ -22,6 +22,13 @@ pub const S_IFREG: u32 = 0o100000;
 /// Fixed modification time, as Nix gives store paths.
 pub const MTIME: u32 = 1;
 
+/// `size` as the header's field: newc's sizes are 32 bits.
+fn size32(name: &str, size: u64) -> Result<u32> {
+    size.try_into()
+        .ok()
+        .with_context(|| format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB"))
+}
+
 pub struct NewcWriter<W: Write> {
     w: W,
     offset: u64,
@@ -49,9 +56,7 @@ impl<W: Write> NewcWriter<W> {
     }
 
     fn header(&mut self, name: &str, mode: u32, nlink: u32, size: u64) -> Result<()> {
-        let size: u32 = size.try_into().ok().with_context(|| {
-            format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB")
-        })?;
+        let size = size32(name, size)?;
         if name.is_empty() || name.contains('\0') {
             bail!("invalid cpio entry name {name:?}");
         }
@@ -132,12 +137,10 @@ impl<W: Write + Seek> NewcWriter<W> {
         self.header(name, S_IFREG | (perm & 0o7777), 1, 0)?;
         let data_at = self.w.stream_position()?;
         let size = write(&mut self.w, data_at)?;
-        let size32: u32 = size.try_into().ok().with_context(|| {
-            format!("{name} is {size} bytes; a newc cpio holds files up to 4 GiB")
-        })?;
+        let field = size32(name, size)?;
         // The size is the seventh 8-digit field after the 6-byte magic.
         self.w.seek(SeekFrom::Start(header_at + 6 + 6 * 8))?;
-        self.w.write_all(format!("{size32:08X}").as_bytes())?;
+        self.w.write_all(format!("{field:08X}").as_bytes())?;
         self.w.seek(SeekFrom::Start(data_at + size))?;
         self.offset += size;
         self.pad()?;

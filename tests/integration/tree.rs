@@ -59,6 +59,16 @@ fn tree_with_a_cache_is_the_tree_without() {
     assert!(std::fs::read_dir(&cache).expect("cache").count() > 0);
 }
 
+/// The names in `dir`, sorted.
+fn sorted_names(dir: &Utf8Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    names
+}
+
 fn mode(p: &Utf8Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
 }
@@ -69,11 +79,7 @@ fn tree_layout_contents_and_reproducibility() {
     let f = fixture(&dir);
     let out = dir.join("tree");
     build_tree(&f, &dir, &out);
-    let mut names: Vec<_> = std::fs::read_dir(&out)
-        .expect("ls")
-        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
-        .collect();
-    names.sort();
+    let names = sorted_names(&out);
     assert_eq!(
         names,
         ["bin", "bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]
@@ -595,11 +601,7 @@ fn tree_splits_a_store_past_the_limit_into_parts_deterministically() {
     );
     let x = dir.join("x");
     extract_store(&dir, &out, &x);
-    let mut names: Vec<_> = std::fs::read_dir(&x)
-        .expect("ls")
-        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
-        .collect();
-    names.sort();
+    let names = sorted_names(&x);
     assert_eq!(
         names,
         [
@@ -749,11 +751,7 @@ fn tree_store_parts_writes_exactly_n_images_the_last_ones_empty() {
     );
     let x = dir.join("x");
     extract_store(&dir, &out, &x);
-    let mut names: Vec<_> = std::fs::read_dir(&x)
-        .expect("ls")
-        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
-        .collect();
-    names.sort();
+    let names = sorted_names(&x);
     assert_eq!(
         names,
         [
@@ -895,11 +893,7 @@ fn tree_writes_its_images_into_the_initrd_as_a_compressed_cpio_holds_them() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "the images written in place differ");
     // Nothing but the tree's files is left beside them.
-    let mut names: Vec<_> = std::fs::read_dir(&in_place)
-        .expect("ls")
-        .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
-        .collect();
-    names.sort();
+    let names = sorted_names(&in_place);
     assert_eq!(
         names,
         ["bin", "bzImage", "initrd.gz", "kexec-boot", "netboot.ipxe"]
